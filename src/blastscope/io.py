@@ -112,9 +112,7 @@ def _to_uint8(array: np.ndarray, notices: list[str]) -> np.ndarray:
         if low >= 0.0 and high <= 1.0:
             notices.append("Float image in [0, 1]: scaled to 8-bit (x255).")
             return np.round(array * 255.0).astype(np.uint8)
-        notices.append(
-            f"Float image with values in [{low:.3g}, {high:.3g}]: stretched to 8-bit."
-        )
+        notices.append(f"Float image with values in [{low:.3g}, {high:.3g}]: stretched to 8-bit.")
         span = high - low if high > low else 1.0
         return np.round((array - low) / span * 255.0).astype(np.uint8)
     high = int(array.max())
@@ -167,7 +165,10 @@ def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
     image, notices = to_rgb_uint8(raw)
     if pixel_size_um is not None:
         _check_pixel_size(pixel_size_um)
-        if file_pixel_size is not None and not np.isclose(pixel_size_um, file_pixel_size, rtol=0.01):
+        disagrees = file_pixel_size is not None and not np.isclose(
+            pixel_size_um, file_pixel_size, rtol=0.01
+        )
+        if disagrees:
             notices.append(
                 f"Using the given pixel size {pixel_size_um:g} µm instead of the file's "
                 f"{file_pixel_size:g} µm."
