@@ -1,0 +1,19 @@
+"""Model bundles (weights + metadata), architectures and the shipped demonstration models."""
+
+from blastscope.models.bundle import (
+    Bundle,
+    BundleError,
+    load_bundle,
+    read_metadata,
+    save_bundle,
+    shipped_bundles,
+)
+
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "load_bundle",
+    "read_metadata",
+    "save_bundle",
+    "shipped_bundles",
+]
