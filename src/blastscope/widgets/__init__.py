@@ -1,0 +1,1 @@
+"""napari widgets, sample data, readers and writers: the only place that imports napari or Qt."""

@@ -1,0 +1,91 @@
+"""Running a core stage (a generator of Progress events) off the UI thread, with Cancel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from magicgui.widgets import ProgressBar, PushButton
+from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error
+
+from blastscope.progress import Progress, Steps
+
+
+class StageRunner:
+    """Drives one stage at a time in a ``thread_worker``.
+
+    Progress events update the dock's progress bar and napari's activity dock; Cancel quits the
+    worker, which closes the stage generator at its next event; results and errors are handled on
+    the main thread, and an error or a cancel leaves the viewer's layers as they were.
+    """
+
+    def __init__(self, run_button: PushButton, cancel_button: PushButton, bar: ProgressBar):
+        self._run_button = run_button
+        self._cancel_button = cancel_button
+        self._bar = bar
+        self._bar.visible = False
+        self._cancel_button.enabled = False
+        self._cancel_button.changed.connect(self.cancel)
+        self.worker: GeneratorWorker | None = None
+        self._activity: progress | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        steps: Steps[Any],
+        on_result: Callable[[Any], None],
+        description: str,
+    ) -> GeneratorWorker:
+        """Start ``steps`` in a worker; ``on_result`` gets its result on the main thread."""
+        if self.worker is not None:
+            raise RuntimeError("A run is already in progress; cancel it first.")
+        worker = create_worker(steps, _start_thread=False, _ignore_errors=True)
+        self._activity = progress(total=0, desc=description)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(on_result)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(lambda: steps.close())
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._run_button.enabled = False
+        self._cancel_button.enabled = True
+        self._bar.visible = True
+        self._bar.min, self._bar.max, self._bar.value = 0, 0, 0
+        self._bar.label = description
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running stage to stop at its next progress event."""
+        if self.worker is not None:
+            self._bar.label = "cancelling…"
+            self.worker.quit()
+
+    def _on_progress(self, event: Progress) -> None:
+        total = max(int(event.total), 0)
+        self._bar.max = total
+        self._bar.value = min(int(event.done), total)
+        self._bar.label = f"{event.stage}: {event.message}" if event.message else event.stage
+        if self._activity is not None:
+            if self._activity.total != total:
+                self._activity.total = total
+            self._activity.n = min(int(event.done), total)
+            self._activity.set_description(event.stage)
+            self._activity.refresh()
+
+    def _on_error(self, error: Exception) -> None:
+        show_error(str(error) or type(error).__name__)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        self._run_button.enabled = True
+        self._cancel_button.enabled = False
+        self._bar.visible = False

@@ -1,0 +1,168 @@
+"""The **Segment cells** dock widget: Cellpose on the chosen image, off the UI thread."""
+
+from __future__ import annotations
+
+import napari
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+
+from blastscope.devices import available_devices
+from blastscope.pipeline import recompute_stage, segment_stage
+from blastscope.segment import SegmentationParams, segmenter_choices
+from blastscope.widgets._layers import (
+    RESULT_KEY,
+    cells_layer_name,
+    image_pixel_size_um,
+    image_rgb,
+    show_cells,
+)
+from blastscope.widgets._runner import StageRunner
+
+
+class SegmentWidget(Container):
+    """Segment every cell of an image; the result is a Labels layer with the cells table."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        defaults = SegmentationParams()
+        self._image = create_widget(annotation=Image, label="image")
+        self._model = ComboBox(
+            label="model",
+            choices=segmenter_choices(),
+            value=defaults.model,
+            tooltip="A shipped model, or a Cellpose model name (downloaded on first use).",
+        )
+        self._model_file = FileEdit(
+            label="or model file",
+            mode="r",
+            tooltip="A Cellpose model file or a blastscope bundle; overrides the model above.",
+        )
+        self._pixel_size = FloatSpinBox(
+            label="pixel size (µm)",
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            value=0.0,
+            tooltip="µm per pixel; 0 = from the image's metadata, else the model's default.",
+        )
+        self._diameter = FloatSpinBox(
+            label="diameter (px)",
+            min=0.0,
+            max=1000.0,
+            step=1.0,
+            value=0.0,
+            tooltip="Typical cell diameter in pixels; 0 = from the pixel size, or estimated.",
+        )
+        self._flow_threshold = FloatSpinBox(
+            label="flow threshold", min=0.0, max=3.0, step=0.05, value=defaults.flow_threshold
+        )
+        self._cellprob_threshold = FloatSpinBox(
+            label="cell prob. threshold",
+            min=-6.0,
+            max=6.0,
+            step=0.25,
+            value=defaults.cellprob_threshold,
+        )
+        self._device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self._tile_size = SpinBox(
+            label="tile size (px)", min=256, max=16384, step=256, value=defaults.tile_size
+        )
+        self._run_button = PushButton(text="Segment")
+        self._recompute_button = PushButton(
+            text="Recompute masks",
+            tooltip="Apply the thresholds to the stored network outputs (no network run).",
+        )
+        self._cancel_button = PushButton(text="Cancel")
+        self._bar = ProgressBar(label="progress")
+        self._status = Label(value="")
+        self.extend(
+            [
+                self._image,
+                self._model,
+                self._model_file,
+                self._pixel_size,
+                self._diameter,
+                self._flow_threshold,
+                self._cellprob_threshold,
+                self._device,
+                self._tile_size,
+                self._run_button,
+                self._recompute_button,
+                self._cancel_button,
+                self._bar,
+                self._status,
+            ]
+        )
+        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self._run_button.changed.connect(self.run)
+        self._recompute_button.changed.connect(self.recompute)
+        self._viewer.layers.events.inserted.connect(self._image.reset_choices)
+        self._viewer.layers.events.removed.connect(self._image.reset_choices)
+
+    def params(self) -> SegmentationParams:
+        """The segmentation parameters set in the widget."""
+        model_file = self._model_file.value
+        model = str(model_file) if model_file and model_file.is_file() else self._model.value
+        return SegmentationParams(
+            model=model,
+            diameter=self._diameter.value or None,
+            flow_threshold=self._flow_threshold.value,
+            cellprob_threshold=self._cellprob_threshold.value,
+            device=self._device.value,
+            tile_size=self._tile_size.value,
+        )
+
+    def run(self) -> None:
+        """Segment the chosen image in a worker thread."""
+        image_layer: Image | None = self._image.value
+        if image_layer is None:
+            show_error("Choose an image layer to segment (open one with File > Open).")
+            return
+        pixel_size = self._pixel_size.value or image_pixel_size_um(image_layer)
+        steps = segment_stage(image_rgb(image_layer), pixel_size, self.params())
+        self.runner.start(
+            steps,
+            lambda result: self._show(image_layer, result),
+            description=f"Segmenting {image_layer.name}",
+        )
+
+    def recompute(self) -> None:
+        """Re-derive masks from the stored network outputs with the current thresholds."""
+        image_layer: Image | None = self._image.value
+        name = None if image_layer is None else cells_layer_name(image_layer)
+        layer = self._viewer.layers.get(name, None)
+        if not isinstance(layer, Labels) or RESULT_KEY not in layer.metadata:
+            show_error("Segment the image first: there are no stored network outputs to reuse.")
+            return
+        steps = recompute_stage(
+            image_rgb(image_layer),
+            layer.metadata[RESULT_KEY],
+            flow_threshold=self._flow_threshold.value,
+            cellprob_threshold=self._cellprob_threshold.value,
+        )
+        self.runner.start(
+            steps,
+            lambda result: self._show(image_layer, result),
+            description=f"Recomputing masks of {image_layer.name}",
+        )
+
+    def _show(self, image_layer: Image, result) -> None:
+        show_cells(self._viewer, image_layer, result)
+        for notice in result.notices:
+            show_info(notice)
+        self._status.value = (
+            f"{result.n_cells} cells, {result.n_nucleated} nucleated, "
+            f"{result.pixel_size_um:g} µm/px"
+        )
