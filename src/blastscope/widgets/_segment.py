@@ -142,7 +142,7 @@ class SegmentWidget(Container):
         """Re-derive masks from the stored network outputs with the current thresholds."""
         image_layer: Image | None = self._image.value
         name = None if image_layer is None else cells_layer_name(image_layer)
-        layer = self._viewer.layers.get(name, None)
+        layer = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
         if not isinstance(layer, Labels) or RESULT_KEY not in layer.metadata:
             show_error("Segment the image first: there are no stored network outputs to reuse.")
             return
