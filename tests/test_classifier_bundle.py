@@ -27,7 +27,7 @@ def test_architecture_args_shape_the_network():
 
 
 def test_unknown_architecture_is_refused_with_the_known_names():
-    with pytest.raises(ArchitectureError, match="Unknown architecture 'resnet50'.*blastnet"):
+    with pytest.raises(ArchitectureError, match=r"Unknown architecture 'resnet50'.*blastnet"):
         build_network({"name": "resnet50", "args": {}})
 
 
