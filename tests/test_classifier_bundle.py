@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -6,6 +8,14 @@ from blastscope.models.architectures import (
     build_network,
     count_parameters,
     default_architecture,
+)
+from blastscope.models.bundle import BundleError
+from blastscope.models.classifier import (
+    CropInput,
+    classifier_metadata,
+    load_classifier,
+    save_classifier,
+    write_random_classifier,
 )
 
 
@@ -38,3 +48,132 @@ def test_bad_architecture_args_are_refused_by_name():
         build_network({"name": "blastnet", "args": {"widths": []}})
     with pytest.raises(ArchitectureError, match="does not take these arguments"):
         build_network({"name": "blastnet", "args": {"depth": 50}})
+
+
+# --- classifier bundles -------------------------------------------------------------------------
+
+
+def _edit_metadata(bundle_dir, edit):
+    path = bundle_dir / "bundle.json"
+    metadata = json.loads(path.read_text())
+    edit(metadata)
+    path.write_text(json.dumps(metadata))
+
+
+@pytest.fixture
+def blast_bundle(tmp_path):
+    return write_random_classifier(tmp_path / "blast-random", "blast", seed=3)
+
+
+@pytest.fixture
+def mutation_bundle(tmp_path):
+    return write_random_classifier(tmp_path / "mutation-random", "mutation", window_um=32)
+
+
+def test_blast_bundle_round_trip_keeps_network_and_metadata(blast_bundle):
+    classifier = load_classifier(blast_bundle, "blast")
+    assert classifier.kind == "blast"
+    assert classifier.name == "blast-random"
+    assert classifier.classes == ("non-blast", "blast")
+    assert classifier.input == CropInput(24.0, 0.5, 48, False, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert classifier.threshold == 0.5
+    assert classifier.temperature == 1.0
+    assert classifier.demo is False
+    assert classifier.metadata["training"]["epochs"] == 0
+    assert not classifier.network.training
+    torch.manual_seed(3)
+    reference = build_network(classifier.metadata["architecture"])
+    for key, value in reference.state_dict().items():
+        assert torch.equal(classifier.network.state_dict()[key], value), key
+
+
+def test_mutation_bundle_has_the_default_classes_and_no_threshold(mutation_bundle):
+    classifier = load_classifier(mutation_bundle, "mutation")
+    assert classifier.classes == ("PML::RARA", "NPM1", "CBFB::MYH11", "RUNX1::RUNX1T1")
+    assert classifier.threshold is None
+    assert classifier.input.crop_px == 64
+    crops = torch.rand(5, 3, 64, 64)
+    probabilities = classifier.probabilities(crops)
+    assert probabilities.shape == (5, 4)
+    assert torch.allclose(probabilities.sum(1), torch.ones(5))
+    assert classifier.forward_calls == 1
+    assert classifier.cells_processed == 5
+
+
+def test_temperature_softens_probabilities(tmp_path):
+    sharp = load_classifier(write_random_classifier(tmp_path / "a", "mutation"), "mutation")
+    soft = load_classifier(
+        write_random_classifier(tmp_path / "b", "mutation", temperature=4.0), "mutation"
+    )
+    crops = torch.rand(8, 3, 48, 48)
+    p_sharp, p_soft = sharp.probabilities(crops), soft.probabilities(crops)
+    assert float(p_soft.max(1).values.mean()) < float(p_sharp.max(1).values.mean())
+    assert torch.equal(p_soft.argmax(1), p_sharp.argmax(1))
+
+
+def test_blast_bundle_given_as_mutation_bundle_is_refused(blast_bundle, mutation_bundle):
+    with pytest.raises(BundleError, match="is a blast bundle, but a mutation bundle is needed"):
+        load_classifier(blast_bundle, "mutation")
+    with pytest.raises(BundleError, match="is a mutation bundle, but a blast bundle is needed"):
+        load_classifier(mutation_bundle, "blast")
+
+
+def test_classes_that_do_not_match_the_network_are_refused(mutation_bundle):
+    _edit_metadata(mutation_bundle, lambda m: m["classes"].append("KMT2A"))
+    with pytest.raises(BundleError, match=r"lists 5 classes .* but its network has 4 outputs"):
+        load_classifier(mutation_bundle, "mutation")
+
+
+def test_blast_bundle_with_other_classes_is_refused(blast_bundle):
+    _edit_metadata(blast_bundle, lambda m: m.update(classes=["blast", "non-blast"]))
+    with pytest.raises(BundleError, match=r"blast bundles have exactly \['non-blast', 'blast'\]"):
+        load_classifier(blast_bundle, "blast")
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused(blast_bundle):
+    _edit_metadata(blast_bundle, lambda m: m["architecture"]["args"].update(widths=[8, 16, 32, 64]))
+    with pytest.raises(BundleError, match="tensor shapes that do not match the architecture"):
+        load_classifier(blast_bundle, "blast")
+
+
+def test_unknown_architecture_in_a_bundle_is_refused(blast_bundle):
+    _edit_metadata(blast_bundle, lambda m: m["architecture"].update(name="vit-huge"))
+    with pytest.raises(BundleError, match="Unknown architecture 'vit-huge'"):
+        load_classifier(blast_bundle, "blast")
+
+
+def test_missing_metadata_keys_are_listed(blast_bundle):
+    def drop(metadata):
+        del metadata["temperature"]
+        del metadata["input"]["window_um"]
+
+    _edit_metadata(blast_bundle, drop)
+    with pytest.raises(BundleError, match=r"lacks temperature, input\.window_um.*save_classifier"):
+        load_classifier(blast_bundle, "blast")
+
+
+def test_inconsistent_crop_size_is_refused(blast_bundle):
+    _edit_metadata(blast_bundle, lambda m: m["input"].update(crop_px=64))
+    with pytest.raises(BundleError, match=r"crop_px is 64 but a 24\.0 µm window"):
+        load_classifier(blast_bundle, "blast")
+
+
+def test_blast_threshold_outside_unit_interval_is_refused(tmp_path):
+    with pytest.raises(BundleError, match=r"threshold must be a number in \[0, 1\]"):
+        write_random_classifier(tmp_path / "x", "blast", threshold=1.5)
+
+
+def test_save_refuses_a_network_that_does_not_match_the_metadata(tmp_path):
+    metadata = classifier_metadata("mutation", "m")
+    network = build_network(default_architecture(4))
+    five = {**metadata, "classes": ["a", "b", "c", "d", "e"]}
+    with pytest.raises(BundleError, match="lists 5 classes"):
+        save_classifier(tmp_path / "m", network, five)
+    small = build_network({"name": "blastnet", "args": {"num_classes": 4, "widths": [8, 16]}})
+    with pytest.raises(BundleError, match="network given for m do not fit the architecture"):
+        save_classifier(tmp_path / "m", small, metadata)
+
+
+def test_segmenter_kind_is_not_a_classifier(blast_bundle):
+    with pytest.raises(BundleError, match="kind is 'blast' or 'mutation', got 'segmenter'"):
+        load_classifier(blast_bundle, "segmenter")
