@@ -25,6 +25,7 @@ Chunks bound the memory: about ``chunk_size`` crops exist at a time.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,7 +131,7 @@ class CropCutter:
         device: str | torch.device = "cpu",
     ) -> None:
         _check_image(image, labels)
-        if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        if not (isinstance(pixel_size_um, numbers.Real) and 0 < pixel_size_um < np.inf):
             raise CropError(
                 f"pixel_size_um must be a positive number of µm per pixel, got {pixel_size_um!r}; "
                 "give the image's pixel size (from its metadata or the microscope)."
@@ -188,7 +189,7 @@ class CropCutter:
         ``centres_yx`` are (row, column) in pixels of the image; ``cell_labels`` (N,) the cells'
         label ids (needed when masking to the cell).
         """
-        centres = torch.as_tensor(_as_centres(centres_yx)).to(self.device)
+        centres = torch.tensor(_as_centres(centres_yx), device=self.device)
         n, h = centres.shape[0], self.crop_px
         if n == 0:
             return torch.empty((0, 3, h, h), dtype=torch.float32, device=self.device)

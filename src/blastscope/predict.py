@@ -1,0 +1,221 @@
+"""Batched cell classification: blast probabilities and mutation-class probabilities per cell.
+
+Both stages cut the bundle's crops (a fixed physical window resampled to the bundle's pixel size,
+:mod:`blastscope.crops`) straight onto the device in batches, run the network under
+``torch.inference_mode`` (autocast bf16/fp16 on CUDA) and write the probabilities into a copy of
+the cells table (columns in ``docs/architecture.md``). They are generators of
+:class:`~blastscope.progress.Progress` events (one per batch; closing the generator stops within
+one batch) that return the new table; drive them with :func:`blastscope.progress.run_steps`.
+
+:func:`apply_blast_threshold` recomputes the blast calls from the stored ``p_blast`` without the
+network (a threshold slider runs no inference; ``Classifier.forward_calls`` shows it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from blastscope.crops import CropCutter
+from blastscope.devices import resolve_device
+from blastscope.models.classifier import Classifier
+from blastscope.progress import Progress
+
+CELL_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated")
+DEFAULT_BATCH_SIZE = 256
+
+
+class PredictionError(ValueError):
+    """Inputs the classifiers cannot run on; the message says what to change."""
+
+
+def mutation_column(class_name: str) -> str:
+    """The cells-table column of a mutation class's probability, e.g. ``p_NPM1``."""
+    return f"p_{class_name}"
+
+
+def _check_cells(cells: pd.DataFrame, needed: tuple[str, ...], hint: str) -> None:
+    if not isinstance(cells, pd.DataFrame):
+        raise PredictionError(
+            f"cells must be a pandas DataFrame (the cells table), got {type(cells).__name__}."
+        )
+    missing = [column for column in needed if column not in cells.columns]
+    if missing:
+        raise PredictionError(f"The cells table lacks {', '.join(missing)}; {hint}")
+
+
+def _check_threshold(threshold: float) -> float:
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.floating))
+        or not 0 <= threshold <= 1
+    ):
+        raise PredictionError(
+            f"The blast threshold must be a number between 0 and 1, got {threshold!r}; "
+            "e.g. 0.5 calls a cell a blast when p_blast >= 0.5."
+        )
+    return float(threshold)
+
+
+def _check_classifier(classifier: Classifier, kind: str) -> None:
+    if not isinstance(classifier, Classifier):
+        raise PredictionError(
+            f"Expected a Classifier (blastscope.models.classifier.load_classifier(name, {kind!r}))"
+            f", got {type(classifier).__name__}."
+        )
+    if classifier.kind != kind:
+        raise PredictionError(
+            f"{classifier.name} is a {classifier.kind} classifier, but a {kind} classifier is "
+            f"needed here. Load one with load_classifier(name, {kind!r})."
+        )
+
+
+def _probabilities_steps(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    cells: pd.DataFrame,
+    pixel_size_um: float,
+    classifier: Classifier,
+    device: str | torch.device,
+    batch_size: int,
+    stage: str,
+) -> Generator[Progress, None, np.ndarray]:
+    """Class probabilities (N, K) float64 for the rows of ``cells``, one Progress per batch."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    torch_device = resolve_device(device)
+    n_cells = len(cells)
+    if n_cells == 0:
+        yield Progress(stage, 0, 0, "no cells to classify")
+        return np.empty((0, len(classifier.classes)))
+    cutter = CropCutter(
+        image,
+        pixel_size_um=pixel_size_um,
+        window_um=classifier.input.window_um,
+        out_pixel_size_um=classifier.input.pixel_size_um,
+        labels=labels,
+        mask_to_cell=classifier.input.mask_to_cell,
+        device=torch_device,
+    )
+    centres = cells[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float32)
+    cell_labels = cells["label"].to_numpy()
+    n_batches = math.ceil(n_cells / batch_size)
+    outputs = []
+    for batch in range(n_batches):
+        rows = slice(batch * batch_size, (batch + 1) * batch_size)
+        crops = cutter.cut(centres[rows], cell_labels[rows])
+        outputs.append(classifier.probabilities(crops))
+        yield Progress(stage, batch + 1, n_batches)
+    return torch.cat(outputs).cpu().numpy().astype(np.float64)
+
+
+def apply_blast_threshold(cells: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """A copy of ``cells`` with ``blast_call`` and ``is_blast`` recomputed from ``p_blast``.
+
+    ``blast_call = p_blast >= threshold`` (False where p_blast is NaN); ``is_blast`` is the
+    user's ``blast_override`` where set, else ``blast_call``. No network runs.
+    """
+    threshold = _check_threshold(threshold)
+    _check_cells(cells, ("p_blast",), "classify the cells first (predict.classify_blasts_steps).")
+    table = cells.copy()
+    p_blast = table["p_blast"].to_numpy(dtype=np.float64)
+    call = np.zeros(len(table), dtype=bool)
+    np.greater_equal(p_blast, threshold, out=call, where=~np.isnan(p_blast))
+    table["blast_call"] = call
+    if "blast_override" in table.columns:
+        override = table["blast_override"].astype("boolean")
+    else:
+        override = pd.Series(pd.array([pd.NA] * len(table), dtype="boolean"), index=table.index)
+    table["blast_override"] = override
+    table["is_blast"] = override.fillna(pd.Series(call, index=table.index)).astype(bool)
+    return table
+
+
+def classify_blasts_steps(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    cells: pd.DataFrame,
+    pixel_size_um: float,
+    classifier: Classifier,
+    *,
+    threshold: float | None = None,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Generator[Progress, None, pd.DataFrame]:
+    """Blast probability of every nucleated cell; yields Progress("classify", batch, n_batches).
+
+    ``image`` (Y, X, 3) uint8 at ``pixel_size_um`` µm per pixel, ``labels`` (Y, X) its instance
+    labels (needed when the bundle masks crops to the cell), ``cells`` the cells table. Returns a
+    copy of the table with ``p_blast`` (NaN for non-nucleated cells), ``blast_call`` (at
+    ``threshold``, default the bundle's), ``blast_override`` (kept where present, else <NA>) and
+    ``is_blast``.
+    """
+    _check_classifier(classifier, "blast")
+    threshold = _check_threshold(classifier.threshold if threshold is None else threshold)
+    _check_cells(cells, CELL_COLUMNS, "build it with blastscope.cells.measure_cells.")
+    table = cells.copy()
+    nucleated = table["is_nucleated"].to_numpy(dtype=bool)
+    probabilities = yield from _probabilities_steps(
+        image,
+        labels,
+        table.loc[nucleated],
+        pixel_size_um,
+        classifier,
+        device,
+        batch_size,
+        "classify",
+    )
+    p_blast = np.full(len(table), np.nan)
+    p_blast[nucleated] = probabilities[:, classifier.classes.index("blast")]
+    table["p_blast"] = p_blast
+    return apply_blast_threshold(table, threshold)
+
+
+def predict_mutation_steps(
+    image: np.ndarray,
+    labels: np.ndarray | None,
+    cells: pd.DataFrame,
+    pixel_size_um: float,
+    classifier: Classifier,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Generator[Progress, None, pd.DataFrame]:
+    """Mutation-class probabilities of every blast; yields Progress("mutation", batch, n).
+
+    Runs the mutation bundle on the cells whose ``is_blast`` is True. Returns a copy of the table
+    with ``p_<class>`` per class of the bundle (NaN for non-blasts) and ``mutation_call`` (the top
+    class, "" for non-blasts).
+    """
+    _check_classifier(classifier, "mutation")
+    _check_cells(
+        cells,
+        (*CELL_COLUMNS, "is_blast"),
+        "classify blasts first (predict.classify_blasts_steps) on a table from "
+        "blastscope.cells.measure_cells.",
+    )
+    table = cells.copy()
+    blasts = table["is_blast"].to_numpy(dtype=bool)
+    probabilities = yield from _probabilities_steps(
+        image,
+        labels,
+        table.loc[blasts],
+        pixel_size_um,
+        classifier,
+        device,
+        batch_size,
+        "mutation",
+    )
+    for index, class_name in enumerate(classifier.classes):
+        column = np.full(len(table), np.nan)
+        column[blasts] = probabilities[:, index]
+        table[mutation_column(class_name)] = column
+    calls = np.full(len(table), "", dtype=object)
+    if len(probabilities):
+        calls[blasts] = np.asarray(classifier.classes, dtype=object)[probabilities.argmax(axis=1)]
+    table["mutation_call"] = calls
+    return table
