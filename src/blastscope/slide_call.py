@@ -1,0 +1,225 @@
+"""The slide-level mutation call: per-blast class probabilities pooled over a slide.
+
+:func:`call_slide` takes the cells table of one image, or the tables of several images of the
+same slide, keeps the blasts (``is_blast``) that carry mutation probabilities (``p_<class>``
+from :func:`blastscope.predict.predict_mutation_steps`) and pools them:
+
+- ``"mean"``: the mean of the cells' probabilities;
+- ``"geometric"``: the mean of the cells' log-probabilities, exponentiated and renormalised to
+  sum to 1 (one confident cell moves it less; one cell near 0 for a class pulls that class down).
+
+A bootstrap over cells (``n_bootstrap`` resamples of the pooled blasts with replacement, seeded,
+vectorised) gives a 95% percentile interval per class. The call abstains ("no call", ``call`` is
+None) when fewer than ``min_blasts`` blasts were pooled or the top pooled probability is below
+``min_probability``; ``reason`` says which. The blast percentage follows the WHO definition:
+blasts / nucleated cells × 100.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+POOLINGS = ("mean", "geometric")
+DEFAULT_MIN_BLASTS = 20
+DEFAULT_MIN_PROBABILITY = 0.40
+DEFAULT_N_BOOTSTRAP = 1000
+_BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resampled cell indices held at a time
+_LOG_FLOOR = 1e-12
+
+
+class SlideCallError(ValueError):
+    """Inputs the slide call cannot use; the message says what to change."""
+
+
+@dataclass
+class SlideCall:
+    """The slide's call and what it rests on.
+
+    ``probabilities``: pooled probability per class; ``interval``: bootstrap 95% (low, high) per
+    class; ``n_blasts``: blasts pooled (blasts with mutation probabilities); ``n_nucleated``:
+    nucleated cells; ``blast_percentage``: all blasts / nucleated cells × 100 (NaN without
+    nucleated cells); ``abstained`` with its ``reason`` ("" when a call was made).
+    """
+
+    call: str | None
+    probabilities: dict[str, float]
+    interval: dict[str, tuple[float, float]]
+    n_blasts: int
+    n_nucleated: int
+    blast_percentage: float
+    abstained: bool
+    reason: str
+    pooling: str
+    min_blasts: int
+    min_probability: float
+    classes: tuple[str, ...]
+    n_images: int
+    n_bootstrap: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN becomes None, tuples become lists)."""
+        return _json_ready(asdict(self))
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def pool_probabilities(probabilities: np.ndarray, pooling: str = "mean") -> np.ndarray:
+    """Pool per-cell class probabilities (N, K) to one distribution (K,).
+
+    ``"mean"``: mean over cells; ``"geometric"``: exp(mean of log p), renormalised.
+    """
+    return _pool_weighted(probabilities, None, pooling)[0]
+
+
+def _pool_weighted(
+    probabilities: np.ndarray, counts: np.ndarray | None, pooling: str
+) -> np.ndarray:
+    """Pool for each row of ``counts`` (R, N) (how often each cell is drawn); None = all once."""
+    values = (
+        np.log(np.clip(probabilities, _LOG_FLOOR, None))
+        if pooling == "geometric"
+        else (probabilities)
+    )
+    if counts is None:
+        pooled = values.mean(axis=0, keepdims=True)
+    else:
+        pooled = counts @ values / counts.sum(axis=1, keepdims=True)
+    if pooling == "geometric":
+        pooled = np.exp(pooled - pooled.max(axis=1, keepdims=True))
+        pooled /= pooled.sum(axis=1, keepdims=True)
+    return pooled
+
+
+def _bootstrap(probabilities: np.ndarray, pooling: str, n_bootstrap: int, seed: int) -> np.ndarray:
+    """Pooled probabilities (n_bootstrap, K) of resamples of the cells with replacement."""
+    rng = np.random.default_rng(seed)
+    n_cells = len(probabilities)
+    per_chunk = max(1, _BOOTSTRAP_CHUNK_ELEMENTS // n_cells)
+    results = []
+    for start in range(0, n_bootstrap, per_chunk):
+        size = min(per_chunk, n_bootstrap - start)
+        drawn = rng.integers(0, n_cells, size=(size, n_cells))
+        flat = (drawn + np.arange(size)[:, None] * n_cells).ravel()
+        counts = np.bincount(flat, minlength=size * n_cells).reshape(size, n_cells)
+        results.append(_pool_weighted(probabilities, counts.astype(np.float64), pooling))
+    return np.concatenate(results)
+
+
+def _check_options(
+    classes: Sequence[str], pooling: str, min_blasts: int, min_probability: float, n_bootstrap: int
+) -> tuple[str, ...]:
+    classes = tuple(classes)
+    if not classes or len(set(classes)) != len(classes):
+        raise SlideCallError(
+            f"classes must be the mutation classes (distinct names, e.g. the mutation "
+            f"classifier's .classes), got {list(classes)}."
+        )
+    if pooling not in POOLINGS:
+        raise SlideCallError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}.")
+    if isinstance(min_blasts, bool) or not isinstance(min_blasts, int) or min_blasts < 0:
+        raise SlideCallError(f"min_blasts must be a whole number >= 0, got {min_blasts!r}.")
+    if not isinstance(min_probability, (int, float)) or not 0 <= min_probability <= 1:
+        raise SlideCallError(f"min_probability must be between 0 and 1, got {min_probability!r}.")
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 1:
+        raise SlideCallError(f"n_bootstrap must be a positive integer, got {n_bootstrap!r}.")
+    return classes
+
+
+def _combine(cells: pd.DataFrame | Sequence[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    tables = [cells] if isinstance(cells, pd.DataFrame) else list(cells)
+    if not tables or not all(isinstance(table, pd.DataFrame) for table in tables):
+        raise SlideCallError(
+            "cells must be a cells table (DataFrame) or a non-empty list of them, one per image "
+            "of the slide."
+        )
+    for number, table in enumerate(tables):
+        missing = [column for column in columns if column not in table.columns]
+        if missing:
+            raise SlideCallError(
+                f"The cells table{f' of image {number}' if len(tables) > 1 else ''} lacks "
+                f"{', '.join(missing)}; run predict.classify_blasts_steps and "
+                "predict.predict_mutation_steps (with a bundle of these classes) first."
+            )
+    return pd.concat([table[columns] for table in tables], ignore_index=True)
+
+
+def call_slide(
+    cells: pd.DataFrame | Sequence[pd.DataFrame],
+    classes: Sequence[str],
+    *,
+    pooling: str = "mean",
+    min_blasts: int = DEFAULT_MIN_BLASTS,
+    min_probability: float = DEFAULT_MIN_PROBABILITY,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> SlideCall:
+    """The slide-level call from one cells table or several (images of the same slide).
+
+    Pools the ``p_<class>`` columns of the blasts that have them (see the module text), with a
+    seeded bootstrap interval; abstains below ``min_blasts`` pooled blasts or below
+    ``min_probability`` for the top class.
+    """
+    classes = _check_options(classes, pooling, min_blasts, min_probability, n_bootstrap)
+    probability_columns = [f"p_{name}" for name in classes]
+    table = _combine(cells, ["is_nucleated", "is_blast", *probability_columns])
+    n_images = 1 if isinstance(cells, pd.DataFrame) else len(cells)
+    is_blast = table["is_blast"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    n_nucleated = int(table["is_nucleated"].astype("boolean").fillna(False).sum())
+    all_blasts = int(is_blast.sum())
+    blast_percentage = 100.0 * all_blasts / n_nucleated if n_nucleated else math.nan
+    probabilities = table.loc[is_blast, probability_columns].to_numpy(dtype=np.float64)
+    probabilities = probabilities[np.isfinite(probabilities).all(axis=1)]
+    n_blasts = len(probabilities)
+
+    nan_pair = (math.nan, math.nan)
+    pooled = dict.fromkeys(classes, math.nan)
+    interval = dict.fromkeys(classes, nan_pair)
+    if n_blasts:
+        point = pool_probabilities(probabilities, pooling)
+        resampled = _bootstrap(probabilities, pooling, n_bootstrap, seed)
+        low, high = np.percentile(resampled, [2.5, 97.5], axis=0)
+        pooled = {name: float(p) for name, p in zip(classes, point, strict=True)}
+        interval = {
+            name: (float(lo), float(hi)) for name, lo, hi in zip(classes, low, high, strict=True)
+        }
+
+    call: str | None = None
+    needed = max(min_blasts, 1)
+    if n_blasts < needed:
+        reason = f"insufficient blasts: {n_blasts} < {needed}"
+    else:
+        top = max(classes, key=pooled.__getitem__)
+        if pooled[top] < min_probability:
+            reason = f"top probability {pooled[top]:.2f} < {min_probability:.2f}"
+        else:
+            call, reason = top, ""
+    return SlideCall(
+        call=call,
+        probabilities=pooled,
+        interval=interval,
+        n_blasts=n_blasts,
+        n_nucleated=n_nucleated,
+        blast_percentage=blast_percentage,
+        abstained=call is None,
+        reason=reason,
+        pooling=pooling,
+        min_blasts=min_blasts,
+        min_probability=float(min_probability),
+        classes=classes,
+        n_images=n_images,
+        n_bootstrap=n_bootstrap,
+    )
