@@ -50,6 +50,20 @@ def test_crop_keeps_physical_size_when_resampling():
     width = dark.any(axis=0).sum()
     assert 19 <= width <= 22
     assert abs(dark.sum() - np.pi * 10**2) < 25
+    rows, cols = np.nonzero(dark)
+    assert abs(rows.mean() - 23.5) < 0.25  # still centred (the window's centre is at 23.5)
+    assert abs(cols.mean() - 23.5) < 0.25
+
+
+def test_downsampled_crops_are_anti_aliased():
+    # A one-pixel checkerboard at 0.1 µm/px averages to grey at 0.5 µm/px instead of aliasing.
+    yy, xx = np.mgrid[:400, :400]
+    board = np.where((yy + xx) % 2 == 0, 255, 0).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    crop = extract_crops(
+        board, np.array([[200.0, 200.0]]), pixel_size_um=0.1, window_um=16, out_pixel_size_um=0.5
+    )[0]
+    assert crop.min() >= 120
+    assert crop.max() <= 135
 
 
 def test_border_crops_are_padded_with_background_not_black(noise_image):

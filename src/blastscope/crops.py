@@ -9,7 +9,9 @@ stretched to fill the crop).
 Geometry: pixel ``(i, j)`` of a crop samples the analysed image at (row, column)
 ``centre + ((i, j) - (crop_px - 1) / 2) * out_pixel_size_um / pixel_size_um``, where pixel ``k``
 of the image has its centre at coordinate ``k`` (the convention of the cells table's centroids).
-The image is sampled bilinearly, the labels image by nearest neighbour.
+The image is sampled bilinearly, the labels image by nearest neighbour. Where a crop pixel spans
+``k >= 2`` image pixels (e.g. a 0.09 µm/px field cut at 0.5 µm/px), the image is first averaged
+over k × k blocks, once per image, so fine detail does not alias.
 
 Outside the image a crop is filled with a background-like colour, not black: by default the
 per-channel median of the background pixels (label 0) when a labels image is given, else of the
@@ -153,14 +155,20 @@ class CropCutter:
         fill_t = torch.as_tensor(self.fill, dtype=torch.float32, device=self.device)
         # Sampling (image - fill) with zero padding and adding the fill back pads with the fill
         # and blends it smoothly at the border.
-        self._image = (image_t.permute(2, 0, 1).float() - fill_t[:, None, None]).unsqueeze(0)
+        shifted = (image_t.permute(2, 0, 1).float() - fill_t[:, None, None]).unsqueeze(0)
+        scale = out_pixel_size_um / pixel_size_um  # image pixels per crop pixel
+        # Anti-aliasing: where a crop pixel spans two or more image pixels, the image is first
+        # averaged over blocks of `pool` x `pool` pixels (once per image), then sampled.
+        self._pool = max(1, int(np.floor(scale + 1e-6)))
+        if self._pool > 1:
+            shifted = F.avg_pool2d(shifted, self._pool, stride=self._pool, ceil_mode=True)
+        self._image = shifted
         self._fill = fill_t
         self._labels = None
         if labels is not None and mask_to_cell:
             labels_t = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64, copy=False))
             self._labels = labels_t.to(self.device)
         # Offsets of the crop's pixel centres from the cell centre, in image pixels.
-        scale = out_pixel_size_um / pixel_size_um
         self._offsets = (
             torch.arange(self.crop_px, dtype=torch.float32, device=self.device)
             - (self.crop_px - 1) / 2
@@ -200,9 +208,13 @@ class CropCutter:
             )
         rows = centres[:, 0:1] + self._offsets  # (N, h)
         cols = centres[:, 1:2] + self._offsets  # (N, w)
-        # grid_sample with align_corners=False: normalised -1 is the outer edge of pixel 0.
-        grid_x = ((2 * cols + 1) / self.width - 1)[:, None, :].expand(n, h, h)
-        grid_y = ((2 * rows + 1) / self.height - 1)[:, :, None].expand(n, h, h)
+        # In the (pooled) sampled image, pixel m is centred on image pixel m * pool + (pool-1)/2.
+        # grid_sample with align_corners=False: normalised -1 is the outer edge of pixel 0, +1
+        # the outer edge of the last pixel, i.e. normalised = (2 * image coordinate + 1) / side - 1
+        # in image pixels, whatever the pooling (pooled side = side / pool).
+        _, _, pooled_height, pooled_width = self._image.shape
+        grid_x = ((2 * cols + 1) / (pooled_width * self._pool) - 1)[:, None, :].expand(n, h, h)
+        grid_y = ((2 * rows + 1) / (pooled_height * self._pool) - 1)[:, :, None].expand(n, h, h)
         grid = torch.stack((grid_x, grid_y), dim=-1).reshape(1, n * h, h, 2)
         sampled = F.grid_sample(
             self._image, grid, mode="bilinear", padding_mode="zeros", align_corners=False
