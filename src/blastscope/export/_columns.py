@@ -96,4 +96,6 @@ def restore_column(name: str, values: Sequence[object], dtype: str) -> pd.Series
             return pd.Series(np.array(values, dtype=np.int64).astype(dtype), name=name)
         nullable = dtype if kind == "nullable_int" else "Int64"
         return pd.Series(pd.array(list(values), dtype=nullable), name=name)
+    if pd.api.types.pandas_dtype(dtype) == np.dtype(object):
+        return pd.Series(np.array(list(values), dtype=object), name=name, dtype=object)
     return pd.Series(pd.array(list(values), dtype=dtype), name=name)
