@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # (subcommand, module with add_arguments/run, help)
-_TRAINERS: list[tuple[str, str, str]] = []
+_TRAINERS: list[tuple[str, str, str]] = [
+    ("blast", "blastscope.train.blast", "train the blast classifier (blast vs non-blast)"),
+    ("mutation", "blastscope.train.mutation", "train the mutation classifier (bag labels)"),
+]
 
 
 def progress_bars(stream=None) -> Callable[[Progress], None]:
