@@ -10,8 +10,10 @@ crop window and pixel size, integer labels, slide ids):
   misspelt folder must not silently become a class).
 - **bags** (the AML-Cytomorphology_MLL_Helmholtz layout, Hehr et al. 2023): ``ROOT/<slide_id>/
   <image>`` plus a CSV with columns ``slide_id,label``; every cell inherits its slide's label.
-- **the generator** (:mod:`blastscope.synthetic`): crops rendered directly at the window and pixel
-  size, with the truth (cell type, blast or not, the slide's mutation) kept beside the labels.
+- **the generator** (:mod:`blastscope.synthetic`): whole synthetic slides (fields sharing one
+  mutation and stain), their nucleated cells cut exactly as at inference (a window around each
+  cell's centroid, :func:`blastscope.crops.extract_crops`, neighbours and all), with the truth
+  (blast or not, the slide's mutation) kept beside the labels.
 
 Real single-cell images come in any size and pixel size. Each is brought to the bundle's input
 the way inference cuts cells (:func:`blastscope.crops.extract_crops`): a ``window_um`` window around
@@ -24,8 +26,9 @@ size stays a feature, as at inference.
 from __future__ import annotations
 
 import csv
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ import numpy as np
 
 from blastscope.crops import crop_size_px, extract_crops
 from blastscope.io import ImageInputError, read_field
+from blastscope.progress import Progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -206,7 +210,8 @@ def load_class_folders(
         raise DatasetError(
             f"Folder(s) {', '.join(unknown)} in {root} are not in the folder map (it knows "
             f"{', '.join(sorted(mapping))}). Map each to a class, e.g. --folder-map "
-            f"{unknown[0]}={classes[0]},..., or move the folder out of {root}."
+            f"{unknown[0]}={classes[0]},... (or --folder-map lmu for the AML-Cytomorphology_LMU "
+            f"folders), or move the folder out of {root}."
         )
     paths: list[Path] = []
     labels: list[int] = []
@@ -426,3 +431,93 @@ def split_cells(
         parts = _cut(_stratified_order(groups, rng), val_fraction, test_fraction)
         index = [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
     return Split(*index, by="slide" if by_slide else "cell")
+
+
+SYNTHETIC_FIELD_SHAPE = (1024, 1024)
+_NUCLEATED_PER_FIELD_GUESS = 60  # first guess of fields per slide; topped up when short
+
+
+def synthetic_cells_steps(
+    kind: str,
+    preset: str,
+    n_slides: int,
+    cells_per_slide: int,
+    *,
+    seed: int,
+    window_um: float,
+    pixel_size_um: float,
+    classes: Sequence[str],
+    field_shape: tuple[int, int] = SYNTHETIC_FIELD_SHAPE,
+) -> Generator[Progress, None, CellSet]:
+    """Nucleated cells of ``n_slides`` synthetic slides, ``cells_per_slide`` from each.
+
+    ``kind="blast"``: labels are blast / non-blast (``classes`` = ("non-blast", "blast")).
+    ``kind="mutation"``: labels are the slide's mutation (bag labels; ``classes`` the mutation
+    classes), assigned round-robin over the slides so that every class has slides; the truth
+    ``is_blast`` is kept for filtering. Slide ``i`` is generated with seed ``seed * 100_000 + i``.
+    Yields one Progress per slide.
+    """
+    if n_slides < 3 or cells_per_slide < 1:
+        raise DatasetError(
+            f"Synthetic data needs at least 3 slides (train, validation, test) and 1 cell per "
+            f"slide, got {n_slides} slides of {cells_per_slide} cells."
+        )
+    from blastscope.synthetic import generate_slide
+
+    crops, labels, blasts, slides = [], [], [], []
+    fields_per_slide = max(1, math.ceil(cells_per_slide / _NUCLEATED_PER_FIELD_GUESS))
+    for index in range(n_slides):
+        slide_seed = seed * 100_000 + index
+        mutation = classes[index % len(classes)] if kind == "mutation" else None
+        n_fields = fields_per_slide
+        while True:
+            fields = generate_slide(
+                slide_seed, preset, n_fields=n_fields, shape=field_shape, mutation=mutation
+            )
+            found = sum(int(f.cells["is_nucleated"].sum()) for f in fields)
+            if found >= cells_per_slide or n_fields >= 8 * fields_per_slide:
+                break
+            n_fields = math.ceil(n_fields * cells_per_slide / max(found, 1)) + 1
+        slide_crops, slide_blasts = [], []
+        for synthetic_field in fields:
+            nucleated = synthetic_field.cells[synthetic_field.cells["is_nucleated"]]
+            slide_crops.append(
+                extract_crops(
+                    synthetic_field.image,
+                    nucleated[["centroid_y", "centroid_x"]].to_numpy(),
+                    pixel_size_um=synthetic_field.pixel_size_um,
+                    window_um=window_um,
+                    out_pixel_size_um=pixel_size_um,
+                )
+            )
+            slide_blasts.append(nucleated["is_blast"].to_numpy(dtype=bool))
+        slide_crops_array = np.concatenate(slide_crops)[:cells_per_slide]
+        slide_blast_array = np.concatenate(slide_blasts)[:cells_per_slide]
+        crops.append(slide_crops_array)
+        blasts.append(slide_blast_array)
+        if kind == "mutation":
+            labels.append(np.full(len(slide_blast_array), classes.index(fields[0].mutation)))
+        else:
+            labels.append(slide_blast_array.astype(np.int64))
+        slides += [f"{preset}-{seed}-{index:04d}"] * len(slide_blast_array)
+        yield Progress("synthetic slides", index + 1, n_slides, f"slide {index + 1}/{n_slides}")
+    label_array = np.concatenate(labels).astype(np.int64)
+    return CellSet(
+        crops=np.concatenate(crops),
+        labels=label_array,
+        classes=tuple(classes),
+        window_um=window_um,
+        pixel_size_um=pixel_size_um,
+        slide_ids=np.asarray(slides, dtype=object),
+        true_labels=label_array.copy(),
+        is_blast=np.concatenate(blasts),
+        source={
+            "kind": "synthetic",
+            "preset": preset,
+            "n_slides": n_slides,
+            "cells_per_slide": cells_per_slide,
+            "seed": seed,
+            "field_shape": list(field_shape),
+            "cells": "nucleated cells, crops cut around their centroids",
+        },
+    )

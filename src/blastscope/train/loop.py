@@ -267,6 +267,7 @@ def train_steps(
     batches_per_epoch = math.ceil(n_train / config.batch_size)
     total = batches_per_epoch * config.epochs
     stopped_early = False
+    last_epoch = ""
 
     for epoch in range(state["next_epoch"], config.epochs):
         started = time.perf_counter()
@@ -321,7 +322,7 @@ def train_steps(
                 "train",
                 epoch * batches_per_epoch + batch_index + 1,
                 total,
-                f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f}",
+                f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f}{last_epoch}",
             )
 
         if n_networks == 2 and epoch == 0 and state["forget_rate"] is None:
@@ -356,13 +357,7 @@ def train_steps(
         state["next_epoch"] = epoch + 1
         if checkpoint is not None:
             _save_checkpoint(checkpoint, identity, networks, optimisers, state)
-        yield Progress(
-            "epoch",
-            epoch + 1,
-            config.epochs,
-            f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, noisy val accuracy "
-            f"{row['val_accuracy']:.3f}",
-        )
+        last_epoch = f"; epoch {epoch + 1}: noisy val accuracy {row['val_accuracy']:.3f}"
         if config.patience is not None and state["epochs_without_gain"] >= config.patience:
             stopped_early = epoch + 1 < config.epochs
             break

@@ -1,0 +1,44 @@
+"""``blastscope train blast``: the stage-1 classifier, blast vs non-blast, on single-cell crops.
+
+Examples::
+
+    blastscope train blast --synthetic default --n-slides 40 --cells-per-slide 100 --out runs/b
+    blastscope train blast --folders AML-Cytomorphology_LMU --folder-map lmu \\
+        --source-pixel-size-um 0.1 --method gce --out runs/lmu
+
+Writes ``OUT/checkpoint.pt`` (every epoch; ``--resume`` continues), ``OUT/report/`` (metrics.json
+and PNGs) and the bundle (``OUT/bundle`` or ``--bundle``).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from blastscope.models.classifier import BLAST_CLASSES, DEFAULT_THRESHOLD
+from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
+
+HELP = "train the blast classifier (blast vs non-blast) with noise-robust options"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``blastscope train blast``."""
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="default decision threshold on p_blast stored in the bundle",
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from blastscope.cli import progress_bars
+
+    show = progress_bars()
+    cells = load_cells(args, "blast", BLAST_CLASSES, show)
+    return train_and_report(args, cells, "blast", show, threshold=args.threshold)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, evaluate and save a blast bundle; 0 on success, 2 on bad input."""
+    return run_guarded(_run, args)

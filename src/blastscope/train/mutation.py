@@ -1,0 +1,157 @@
+"""``blastscope train mutation``: the stage-2 mutation classifier, on blasts with bag labels.
+
+Every cell inherits its slide's mutation (bag label). Training and evaluation use only the cells
+that stage 1 calls blasts: ``--blast-filter model`` runs a blast bundle (``--blast-model``, the
+shipped ``blast-demo`` by default) at its threshold (or ``--blast-threshold``); ``truth`` uses the
+generator's truth (synthetic data only); ``none`` keeps every cell (folders that hold blasts only).
+The split is by slide, never by cell; the report scores cells and the pooled slide calls.
+
+Example::
+
+    blastscope train mutation --synthetic default --n-slides 60 --cells-per-slide 150 \\
+        --blast-filter truth --out runs/mutation
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from blastscope.crops import uint8_to_crops
+from blastscope.devices import resolve_device
+from blastscope.models.classifier import MUTATION_CLASSES, load_classifier
+from blastscope.slide_call import DEFAULT_MIN_BLASTS
+from blastscope.train.datasets import CellSet, DatasetError
+from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
+
+HELP = "train the mutation classifier on blasts with slide (bag) labels, noise-robust options"
+BLAST_FILTERS = ("model", "truth", "none")
+_FILTER_BATCH = 512
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``blastscope train mutation``."""
+    add_common_arguments(parser)
+    group = parser.add_argument_group("mutation model")
+    group.add_argument(
+        "--classes",
+        default=",".join(MUTATION_CLASSES),
+        help="mutation classes, comma-separated (default: the four AML subtypes)",
+    )
+    group.add_argument(
+        "--blast-filter",
+        choices=BLAST_FILTERS,
+        default="model",
+        help="which cells count as blasts: a blast model's calls, the generator's truth, or all",
+    )
+    group.add_argument(
+        "--blast-model", default="blast-demo", help="blast bundle for --blast-filter model"
+    )
+    group.add_argument(
+        "--blast-threshold", type=float, help="p_blast threshold (default: the blast bundle's)"
+    )
+    group.add_argument(
+        "--min-blasts",
+        type=int,
+        default=DEFAULT_MIN_BLASTS,
+        help="slide calls abstain below this many blasts",
+    )
+
+
+def filter_blasts(
+    cells: CellSet,
+    how: str,
+    *,
+    blast_model: str = "blast-demo",
+    threshold: float | None = None,
+    device: str = "auto",
+) -> CellSet:
+    """The cells that count as blasts (see the module docstring), with the filter recorded."""
+    if how == "none":
+        kept = np.ones(len(cells), dtype=bool)
+        record: dict[str, Any] = {"blast_filter": "none"}
+    elif how == "truth":
+        if cells.is_blast is None:
+            raise DatasetError(
+                "--blast-filter truth needs the generator's truth, which these cells do not have. "
+                "Use --blast-filter model (a blast bundle) or none (every cell is a blast)."
+            )
+        kept = cells.is_blast.copy()
+        record = {"blast_filter": "truth"}
+    else:
+        classifier = load_classifier(blast_model, "blast")
+        if (classifier.input.window_um, classifier.input.pixel_size_um) != (
+            cells.window_um,
+            cells.pixel_size_um,
+        ):
+            raise DatasetError(
+                f"The blast model {classifier.name} takes {classifier.input.window_um:g} µm crops "
+                f"at {classifier.input.pixel_size_um:g} µm/px, but these cells are "
+                f"{cells.window_um:g} µm at {cells.pixel_size_um:g} µm/px. Train the mutation "
+                "model with the same --window-um and --pixel-size-um, or use another blast model."
+            )
+        cutoff = classifier.threshold if threshold is None else threshold
+        if not 0.0 <= cutoff <= 1.0:
+            raise DatasetError(f"--blast-threshold must be in [0, 1], got {cutoff}.")
+        target = resolve_device(device)
+        p_blast = np.concatenate(
+            [
+                classifier.probabilities(
+                    uint8_to_crops(cells.crops[start : start + _FILTER_BATCH], target)
+                )[:, 1]
+                .cpu()
+                .numpy()
+                for start in range(0, len(cells), _FILTER_BATCH)
+            ]
+        )
+        kept = p_blast >= cutoff
+        record = {
+            "blast_filter": "model",
+            "blast_model": classifier.name,
+            "blast_model_sha256": classifier.metadata["weights_sha256"],
+            "blast_threshold": cutoff,
+        }
+    record["cells_before_filter"] = len(cells)
+    record["cells_kept"] = int(kept.sum())
+    if cells.is_blast is not None and how != "truth":
+        record["kept_that_are_true_blasts"] = (
+            float(cells.is_blast[kept].mean()) if kept.any() else None
+        )
+        record["true_blasts_kept"] = (
+            float(kept[cells.is_blast].mean()) if cells.is_blast.any() else None
+        )
+    if not kept.any():
+        raise DatasetError(
+            "No cell passed the blast filter, so there is nothing to train the mutation model on. "
+            "Check the blast model and threshold, or the data."
+        )
+    filtered = cells.subset(kept)
+    filtered.source = {**cells.source, **record}
+    return filtered
+
+
+def _run(args: argparse.Namespace) -> int:
+    from blastscope.cli import progress_bars
+
+    classes = tuple(name.strip() for name in args.classes.split(",") if name.strip())
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DatasetError(f"--classes needs two or more distinct names, got {args.classes!r}.")
+    show = progress_bars()
+    cells = load_cells(args, "mutation", classes, show)
+    cells = filter_blasts(
+        cells,
+        args.blast_filter,
+        blast_model=args.blast_model,
+        threshold=args.blast_threshold,
+        device=args.device,
+    )
+    return train_and_report(
+        args, cells, "mutation", show, threshold=None, min_blasts=args.min_blasts
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, evaluate and save a mutation bundle; 0 on success, 2 on bad input."""
+    return run_guarded(_run, args)
