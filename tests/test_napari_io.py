@@ -1,0 +1,98 @@
+"""The plugin's GeoJSON reader and Labels writers, through napari's own save and open."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blastscope.export import read_cells_table, read_geojson
+from blastscope.widgets._io import get_geojson_reader
+from blastscope.widgets._layers import show_cells
+from export_cases import classified_result
+
+PLUGIN = "napari-blastscope"
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def classified():
+    return classified_result(shape=(256, 384))
+
+
+@pytest.fixture
+def viewer_with_cells(make_napari_viewer_proxy, classified):
+    result, image = classified
+    viewer = make_napari_viewer_proxy()
+    image_layer = viewer.add_image(
+        image, name="field", rgb=True, scale=(result.pixel_size_um, result.pixel_size_um)
+    )
+    cells_layer = show_cells(viewer, image_layer, result)
+    viewer.layers.selection.active = cells_layer
+    return viewer, cells_layer
+
+
+def test_saved_geojson_opens_as_the_same_labels_layer(viewer_with_cells, classified, tmp_path):
+    result, _ = classified
+    viewer, layer = viewer_with_cells
+    features = layer.features.copy()
+    row = int(np.flatnonzero(features["is_nucleated"] & features["blast_override"].isna())[0])
+    features.loc[row, "blast_override"] = True  # the user's call, made in the viewer
+    layer.features = features
+    target = tmp_path / "exported.geojson"
+    written = viewer.layers.save(str(target), selected=True, plugin=PLUGIN)
+    assert written == [str(target)]
+
+    (opened,) = viewer.open(str(target), plugin=PLUGIN)
+    assert opened.name == "exported"
+    assert opened.__class__.__name__ == "Labels"
+    assert np.array_equal(opened.data, result.labels)
+    pd.testing.assert_frame_equal(
+        opened.features.reset_index(drop=True), features.reset_index(drop=True), check_exact=True
+    )
+    assert opened.features.loc[row, "blast_override"]
+    assert tuple(opened.scale) == tuple(layer.scale)
+    assert opened.metadata["pixel_size_um"] == result.pixel_size_um
+    assert opened.metadata["slide_call"] == result.slide_call.to_dict()
+    content = json.loads(target.read_text())
+    assert content["blastscope"]["napari"]["scale"] == [result.pixel_size_um] * 2
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_saved_tables_hold_the_layer_features(viewer_with_cells, classified, tmp_path, suffix):
+    result, _ = classified
+    viewer, layer = viewer_with_cells
+    target = tmp_path / f"cells{suffix}"
+    written = viewer.layers.save(str(target), selected=True, plugin=PLUGIN)
+    assert written == [str(target), str(target) + ".json"]
+    table, sidecar = read_cells_table(target)
+    expected = layer.features.drop(columns="index").reset_index(drop=True)
+    pd.testing.assert_frame_equal(table, expected, check_exact=True)
+    assert sidecar["slide_call"] == result.slide_call.to_dict()
+    assert sidecar["pixel_size_um"] == result.pixel_size_um
+
+
+def test_a_plain_labels_layer_saves_and_opens_without_a_table(make_napari_viewer_proxy, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[5:20, 10:18] = 3
+    labels[25:35, 40:55] = 9
+    layer = viewer.add_labels(labels, name="drawn")
+    viewer.layers.selection.active = layer
+    target = tmp_path / "drawn.geojson"
+    assert viewer.layers.save(str(target), selected=True, plugin=PLUGIN) == [str(target)]
+    read, cells, _ = read_geojson(target)
+    assert np.array_equal(read, labels)
+    assert list(cells["label"]) == [3, 9]
+    (opened,) = viewer.open(str(target), plugin=PLUGIN)
+    assert list(opened.features["index"]) == [3, 9]
+
+
+def test_the_reader_claims_only_geojson_files():
+    assert get_geojson_reader("cells.geojson") is not None
+    assert get_geojson_reader(["a.geojson", "b.GEOJSON"]) is not None
+    assert get_geojson_reader("field.tif") is None
+    assert get_geojson_reader(["a.geojson", "b.csv"]) is None
