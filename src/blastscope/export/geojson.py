@@ -40,9 +40,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
-from skimage.draw import polygon as fill_polygon
 
-from blastscope.export._atomic import AtomicFiles, ExportError, dumps_json, jsonable
+from blastscope.export._atomic import AtomicFiles, ExportError, jsonable
 from blastscope.export._columns import column_specs, plain_values, restore_column
 from blastscope.export._style import (
     NO_CALL,
@@ -239,22 +238,35 @@ def rasterise_polygons(
     """Pixels of ``shape`` (Y, X) whose centres lie inside the polygons (even-odd rule).
 
     Vertices are ``[x, y]`` in pixels minus ``offset_yx``. Returns the window and its bool mask,
-    or None when no pixel is covered.
+    or None when no pixel is covered. A scanline fill: every side of every ring crosses the
+    rows whose centre line ``y = row + 0.5`` it spans (half-open, so a vertex on the line counts
+    once), and a pixel is inside when an odd number of crossings lie left of its centre.
     """
     rings = [ring - (offset_yx[1], offset_yx[0]) for rings in polygons for ring in rings]
     if not rings:
         return None
-    points = np.concatenate(rings)
-    top = max(0, math.floor(points[:, 1].min()))
-    left = max(0, math.floor(points[:, 0].min()))
-    bottom = min(shape[0], math.ceil(points[:, 1].max()))
-    right = min(shape[1], math.ceil(points[:, 0].max()))
+    starts = np.concatenate(rings)
+    ends = np.concatenate([np.roll(ring, -1, axis=0) for ring in rings])
+    top = max(0, math.floor(starts[:, 1].min()))
+    left = max(0, math.floor(starts[:, 0].min()))
+    bottom = min(shape[0], math.ceil(starts[:, 1].max()))
+    right = min(shape[1], math.ceil(starts[:, 0].max()))
     if bottom <= top or right <= left:
         return None
-    mask = np.zeros((bottom - top, right - left), dtype=bool)
-    for ring in rings:
-        rows, cols = fill_polygon(ring[:, 1] - 0.5 - top, ring[:, 0] - 0.5 - left, mask.shape)
-        mask[rows, cols] ^= True
+    low = np.minimum(starts[:, 1], ends[:, 1])
+    high = np.maximum(starts[:, 1], ends[:, 1])
+    first_row = np.ceil(low - 0.5).astype(np.int64)
+    counts = np.maximum(np.ceil(high - 0.5).astype(np.int64) - first_row, 0)
+    side = np.repeat(np.arange(len(starts)), counts)
+    rows = first_row[side] + np.arange(len(side)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = (rows >= top) & (rows < bottom)
+    side, rows = side[keep], rows[keep]
+    (x0, y0), (x1, y1) = starts[side].T, ends[side].T
+    crossing = x0 + (rows + 0.5 - y0) * (x1 - x0) / (y1 - y0)
+    column = np.clip(np.floor(crossing - 0.5).astype(np.int64) + 1 - left, 0, right - left)
+    width = right - left + 1
+    toggles = np.bincount((rows - top) * width + column, minlength=(bottom - top) * width)
+    mask = (np.cumsum(toggles.reshape(bottom - top, width), axis=1)[:, :-1] & 1).astype(bool)
     if not mask.any():
         return None
     return (slice(top, bottom), slice(left, right)), mask
@@ -507,7 +519,14 @@ def write_geojson(
 
 def write_collection(files: AtomicFiles, path: str | Path, collection: dict[str, Any]) -> None:
     """Write a FeatureCollection into a pending set of atomic files."""
-    text = dumps_json(collection, indent=None, where="the GeoJSON")
+    info = collection.get(METADATA_KEY, {})
+    checked = {**collection, METADATA_KEY: jsonable(info, "the GeoJSON metadata")}
+    try:  # features hold plain values already (geojson_collection builds them so)
+        text = json.dumps(checked, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ExportError(
+            f"Cannot write the GeoJSON: {error}; give numbers, strings, lists and dicts only."
+        ) from error
     files.temporary(path).write_text(text, encoding="utf-8")
 
 
