@@ -286,6 +286,17 @@ def test_labels_the_table_lacks_are_exported_as_unmeasured(tmp_path):
     assert document["blastscope"]["unmeasured_labels"] == [7]
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int64, np.uint64])
+def test_labels_of_any_integer_type_export(tmp_path, dtype):
+    labels = np.zeros((6, 7), dtype=dtype)
+    labels[1:4, 2:6] = 5
+    path = write_geojson(
+        tmp_path / "l.geojson", labels, pd.DataFrame({"label": [5]}), pixel_size_um=0.2
+    )
+    read, _, _ = read_geojson(path)
+    assert np.array_equal(read, labels)
+
+
 def test_inconsistent_inputs_are_refused_with_the_fix(tmp_path):
     labels = np.zeros((4, 4), dtype=np.int32)
     cells = pd.DataFrame({"label": [1]})

@@ -543,6 +543,10 @@ def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
         )
     if array.size and array.min() < 0:
         raise ExportError(f"{name} holds negative ids; label ids are 0 (background) or positive.")
+    if array.dtype == np.uint64:
+        if array.size and array.max() > np.iinfo(np.int64).max:
+            raise ExportError(f"{name} holds ids above 2**63 - 1; relabel it (0, 1, 2, ...).")
+        array = array.astype(np.int64)
     return array
 
 
