@@ -451,6 +451,7 @@ def synthetic_cells_steps(
 ) -> Generator[Progress, None, CellSet]:
     """Nucleated cells of ``n_slides`` synthetic slides, ``cells_per_slide`` from each.
 
+    The cells of a slide are a random sample (seeded) of the nucleated cells of its fields.
     ``kind="blast"``: labels are blast / non-blast (``classes`` = ("non-blast", "blast")).
     ``kind="mutation"``: labels are the slide's mutation (bag labels; ``classes`` the mutation
     classes), assigned round-robin over the slides so that every class has slides; the truth
@@ -491,8 +492,15 @@ def synthetic_cells_steps(
                 )
             )
             slide_blasts.append(nucleated["is_blast"].to_numpy(dtype=bool))
-        slide_crops_array = np.concatenate(slide_crops)[:cells_per_slide]
-        slide_blast_array = np.concatenate(slide_blasts)[:cells_per_slide]
+        # A random sample: the table lists cells by type, so its first rows are not a sample.
+        found_blasts = np.concatenate(slide_blasts)
+        chosen = np.sort(
+            np.random.default_rng(slide_seed).choice(
+                found_blasts.size, size=min(found_blasts.size, cells_per_slide), replace=False
+            )
+        )
+        slide_crops_array = np.concatenate(slide_crops)[chosen]
+        slide_blast_array = found_blasts[chosen]
         crops.append(slide_crops_array)
         blasts.append(slide_blast_array)
         if kind == "mutation":
