@@ -13,16 +13,46 @@ import numpy as np
 
 from blastscope.cells import measure_cells
 from blastscope.io import to_rgb_uint8
+from blastscope.models.classifier import Classifier, load_classifier
+from blastscope.predict import (
+    DEFAULT_BATCH_SIZE,
+    apply_blast_threshold,
+    classify_blasts_steps,
+    predict_mutation_steps,
+)
 from blastscope.progress import Progress, Steps, run_steps
 from blastscope.result import SlideResult, software_versions, utc_timestamp
 from blastscope.segment import SegmentationParams, recompute_masks, segment_steps
+from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, call_slide
+
+DEFAULT_BLAST_MODEL = "blast-demo"
+DEFAULT_MUTATION_MODEL = "mutation-demo"
+
+
+@dataclass
+class SlideCallSettings:
+    """How blasts are pooled into the slide call (see :func:`blastscope.slide_call.call_slide`)."""
+
+    pooling: str = "mean"
+    min_blasts: int = DEFAULT_MIN_BLASTS
+    min_probability: float = DEFAULT_MIN_PROBABILITY
 
 
 @dataclass
 class PipelineConfig:
-    """Everything the pipeline needs besides the image; defaults are the shipped models."""
+    """Everything the pipeline needs besides the image; defaults are the shipped models.
+
+    ``blast_model`` / ``mutation_model`` are shipped bundle names or bundle directories; ``None``
+    skips that stage. ``blast_threshold`` ``None`` takes the bundle's default.
+    """
 
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
+    blast_model: str | None = DEFAULT_BLAST_MODEL
+    mutation_model: str | None = DEFAULT_MUTATION_MODEL
+    blast_threshold: float | None = None
+    device: str = "auto"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    slide_call: SlideCallSettings = field(default_factory=SlideCallSettings)
 
 
 def segment_stage(
@@ -100,6 +130,132 @@ def recompute_stage(
     )
 
 
+def as_classifier(model: Classifier | str, kind: str) -> Classifier:
+    """A loaded classifier: ``model`` itself, or the bundle it names loaded as ``kind``."""
+    if isinstance(model, Classifier):
+        return model
+    return load_classifier(model, kind)
+
+
+def _bundle_record(classifier: Classifier) -> dict:
+    return {
+        "name": classifier.name,
+        "path": str(classifier.path) if classifier.path else None,
+        "sha256": classifier.metadata.get("weights_sha256"),
+        "demo": classifier.demo,
+    }
+
+
+def classify_stage(
+    image: np.ndarray,
+    result: SlideResult,
+    model: Classifier | str = DEFAULT_BLAST_MODEL,
+    *,
+    threshold: float | None = None,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Steps[SlideResult]:
+    """Blast probability of every nucleated cell of ``result``; yields a Progress per batch.
+
+    Earlier mutation columns and the slide call are dropped: they rested on the old blasts.
+    """
+    classifier = as_classifier(model, "blast")
+    rgb, _ = to_rgb_uint8(image)
+    cells = _without_mutation_columns(result.cells)
+    cells = yield from classify_blasts_steps(
+        rgb,
+        result.labels,
+        cells,
+        result.pixel_size_um,
+        classifier,
+        threshold=threshold,
+        device=device,
+        batch_size=batch_size,
+    )
+    used_threshold = classifier.threshold if threshold is None else threshold
+    provenance = dict(result.provenance)
+    provenance["blast"] = {**_bundle_record(classifier), "threshold": used_threshold}
+    provenance.pop("mutation", None)
+    return replace(result, cells=cells, slide_call=None, provenance=provenance)
+
+
+def mutation_stage(
+    image: np.ndarray,
+    result: SlideResult,
+    model: Classifier | str = DEFAULT_MUTATION_MODEL,
+    *,
+    settings: SlideCallSettings | None = None,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Steps[SlideResult]:
+    """Mutation probabilities of the blasts of ``result`` and the slide call pooled from them."""
+    classifier = as_classifier(model, "mutation")
+    settings = settings or SlideCallSettings()
+    rgb, _ = to_rgb_uint8(image)
+    cells = yield from predict_mutation_steps(
+        rgb,
+        result.labels,
+        result.cells,
+        result.pixel_size_um,
+        classifier,
+        device=device,
+        batch_size=batch_size,
+    )
+    provenance = dict(result.provenance)
+    provenance["mutation"] = {**_bundle_record(classifier), "classes": list(classifier.classes)}
+    provenance["slide_call"] = asdict(settings)
+    updated = replace(result, cells=cells, provenance=provenance)
+    return replace(updated, slide_call=_call(updated.cells, classifier.classes, settings))
+
+
+def _call(cells, classes, settings: SlideCallSettings):
+    return call_slide(
+        cells,
+        classes,
+        pooling=settings.pooling,
+        min_blasts=settings.min_blasts,
+        min_probability=settings.min_probability,
+    )
+
+
+def _without_mutation_columns(cells):
+    mutation_columns = [
+        column
+        for column in cells.columns
+        if column == "mutation_call" or (column.startswith("p_") and column != "p_blast")
+    ]
+    return cells.drop(columns=mutation_columns)
+
+
+def rethreshold(
+    result: SlideResult, threshold: float, settings: SlideCallSettings | None = None
+) -> SlideResult:
+    """``result`` with ``is_blast`` at ``threshold`` and the slide call re-pooled; no network runs.
+
+    ``settings`` ``None`` keeps the slide call's current pooling and minimums.
+    """
+    cells = apply_blast_threshold(result.cells, threshold)
+    provenance = dict(result.provenance)
+    if "blast" in provenance:
+        provenance["blast"] = {**provenance["blast"], "threshold": float(threshold)}
+    updated = replace(result, cells=cells, provenance=provenance)
+    return recall_slide(updated, settings)
+
+
+def recall_slide(result: SlideResult, settings: SlideCallSettings | None = None) -> SlideResult:
+    """``result`` with its slide call pooled again from the cells table (no network)."""
+    if result.slide_call is None:
+        return result
+    if settings is None:
+        previous = result.slide_call
+        settings = SlideCallSettings(
+            previous.pooling, previous.min_blasts, previous.min_probability
+        )
+    provenance = {**result.provenance, "slide_call": asdict(settings)}
+    slide_call = _call(result.cells, result.slide_call.classes, settings)
+    return replace(result, slide_call=slide_call, provenance=provenance)
+
+
 def analyse_steps(
     image: np.ndarray,
     pixel_size_um: float | None = None,
@@ -112,7 +268,28 @@ def analyse_steps(
     result = yield from segment_stage(
         image, pixel_size_um, config.segmentation, input_sha256=input_sha256
     )
-    return result
+    if config.blast_model is None:
+        return result
+    result = yield from classify_stage(
+        image,
+        result,
+        config.blast_model,
+        threshold=config.blast_threshold,
+        device=config.device,
+        batch_size=config.batch_size,
+    )
+    if config.mutation_model is None:
+        return result
+    return (
+        yield from mutation_stage(
+            image,
+            result,
+            config.mutation_model,
+            settings=config.slide_call,
+            device=config.device,
+            batch_size=config.batch_size,
+        )
+    )
 
 
 def analyse(
