@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 _TRAINERS: list[tuple[str, str, str]] = [
     ("blast", "blastscope.train.blast", "train the blast classifier (blast vs non-blast)"),
     ("mutation", "blastscope.train.mutation", "train the mutation classifier (bag labels)"),
+    ("segmenter", "blastscope.train.segmenter", "train the smear segmenter (Cellpose 3 CPnet)"),
 ]
 
 
