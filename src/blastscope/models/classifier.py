@@ -115,9 +115,16 @@ class Classifier:
         return next(self.network.parameters()).device
 
     def to(self, device: torch.device) -> Classifier:
-        """Move the network to ``device`` (in place); returns self."""
-        if self.device != device:
-            self.network.to(device)
+        """Move the network to ``device`` (in place; channels-last weights on CUDA)."""
+        device = torch.device(device)
+        current = self.device
+        if current.type != device.type or (
+            device.index is not None and current.index != device.index
+        ):
+            if device.type == "cuda":
+                self.network.to(device, memory_format=torch.channels_last)
+            else:
+                self.network.to(device, memory_format=torch.contiguous_format)
         return self
 
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
