@@ -6,6 +6,7 @@ from PIL import Image
 from skimage.draw import ellipse
 
 from blastscope.cells import measure_cells
+from blastscope.crops import CropError
 from blastscope.devices import DeviceError
 from blastscope.models.classifier import load_classifier, write_random_classifier
 from blastscope.predict import (
@@ -224,3 +225,28 @@ def test_mutation_prediction_covers_blasts_only(field, blast_path, mutation_path
     assert (table.loc[~blasts, "mutation_call"] == "").all()
     assert {e.stage for e in events} == {"mutation"}
     assert mutation.cells_processed == blasts.sum()
+
+
+def test_masked_bundle_crops_with_the_labels_and_needs_them(field, tmp_path):
+    image, labels, cells = field
+    masked = load_classifier(
+        write_random_classifier(tmp_path / "masked", "blast", seed=1, mask_to_cell=True), "blast"
+    )
+    plain = load_classifier(write_random_classifier(tmp_path / "plain", "blast", seed=1), "blast")
+    with_mask = run_steps(
+        classify_blasts_steps(image, labels, cells, BCCD_PIXEL_SIZE_UM, masked, device="cpu")
+    )
+    without = run_steps(
+        classify_blasts_steps(image, labels, cells, BCCD_PIXEL_SIZE_UM, plain, device="cpu")
+    )
+    nucleated = cells["is_nucleated"].to_numpy()
+    assert not np.allclose(with_mask["p_blast"][nucleated], without["p_blast"][nucleated])
+    with pytest.raises(CropError, match="mask_to_cell=True needs the labels image"):
+        run_steps(classify_blasts_steps(image, None, cells, BCCD_PIXEL_SIZE_UM, masked))
+
+
+def test_unknown_pixel_size_is_refused_with_the_fix(field, blast_path):
+    image, labels, cells = field
+    classifier = load_classifier(blast_path, "blast")
+    with pytest.raises(CropError, match="give the image's pixel size"):
+        run_steps(classify_blasts_steps(image, labels, cells, None, classifier))

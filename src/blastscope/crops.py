@@ -226,7 +226,7 @@ class CropCutter:
         crops = sampled.reshape(3, n, h, h).add_(self._fill[:, None, None, None])
         crops = crops.clamp_(0.0, 1.0).permute(1, 0, 2, 3)
         if self.mask_to_cell:
-            own = torch.as_tensor(np.asarray(cell_labels, dtype=np.int64), device=self.device)
+            own = torch.tensor(np.asarray(cell_labels, dtype=np.int64), device=self.device)
             nearest_rows = torch.floor(rows + 0.5).long()  # (N, h)
             nearest_cols = torch.floor(cols + 0.5).long()  # (N, w)
             inside = ((nearest_rows >= 0) & (nearest_rows < self.height))[:, :, None] & (

@@ -14,6 +14,7 @@ network (a threshold slider runs no inference; ``Classifier.forward_calls`` show
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Generator
 
 import numpy as np
@@ -51,7 +52,7 @@ def _check_cells(cells: pd.DataFrame, needed: tuple[str, ...], hint: str) -> Non
 def _check_threshold(threshold: float) -> float:
     if (
         isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float, np.floating))
+        or not isinstance(threshold, numbers.Real)
         or not 0 <= threshold <= 1
     ):
         raise PredictionError(
