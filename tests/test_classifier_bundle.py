@@ -177,3 +177,14 @@ def test_save_refuses_a_network_that_does_not_match_the_metadata(tmp_path):
 def test_segmenter_kind_is_not_a_classifier(blast_bundle):
     with pytest.raises(BundleError, match="kind is 'blast' or 'mutation', got 'segmenter'"):
         load_classifier(blast_bundle, "segmenter")
+
+
+def test_bundle_normalisation_is_applied_to_crops(tmp_path):
+    plain = load_classifier(write_random_classifier(tmp_path / "a", "blast", seed=5), "blast")
+    shifted = load_classifier(
+        write_random_classifier(tmp_path / "b", "blast", seed=5, mean=(0.8, 0.6, 0.7)), "blast"
+    )
+    crops = torch.rand(4, 3, 48, 48)
+    expected = (crops - torch.tensor([0.8, 0.6, 0.7])[:, None, None]) / 0.25
+    assert torch.allclose(shifted.normalise(crops), expected)
+    assert not torch.allclose(plain.probabilities(crops), shifted.probabilities(crops))
