@@ -1,7 +1,7 @@
 """Throughput of the whole blast-classification stage (crops + network) at several batch sizes.
 
     nice -n 10 .venv/bin/python benchmarks/bench_classify.py [--device cpu] \
-        [--batch-sizes 1 32 128 512] [--bundle blast-demo]
+        [--batch-sizes 1 32 128 512] [--bundle blast-demo] [--threads 2]
     .venv/bin/python benchmarks/bench_classify.py --device cuda    # on a machine with a GPU
 
 The field is one synthetic smear of 4096 × 5120 px at 0.25 µm/px (``blastscope.synthetic``,
@@ -50,7 +50,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 512])
     parser.add_argument("--bundle", default=None, help="a blast bundle (name or directory)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
     start = time.perf_counter()

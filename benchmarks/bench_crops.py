@@ -1,6 +1,6 @@
 """Crop extraction: all cells at once (``blastscope.crops``) against per-cell Python loops.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_crops.py [--cells 2000] [--device cpu]
+    nice -n 10 .venv/bin/python benchmarks/bench_crops.py [--cells 2000] [--device cpu] [--threads 2]
 
 The field is the package's real BCCD sample (0.09 µm/px) tiled 4 × 4 (1920 × 2560 px); cell
 centres are drawn uniformly over it and a little beyond (border crops included). Crops are the
@@ -164,7 +164,10 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=2000, help="number of crops (default 2000)")
     parser.add_argument("--device", default="cpu", help="device of the vectorised cutter")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = str(resolve_device(args.device))
 
     image = np.ascontiguousarray(np.tile(bccd_sample().image, (4, 4, 1)))
