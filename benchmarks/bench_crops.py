@@ -1,6 +1,7 @@
 """Crop extraction: all cells at once (``blastscope.crops``) against per-cell Python loops.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_crops.py [--cells 2000] [--device cpu] [--threads 2]
+    nice -n 10 .venv/bin/python benchmarks/bench_crops.py [--cells 2000] [--device cpu] \
+        [--threads 2]
 
 The field is the package's real BCCD sample (0.09 µm/px) tiled 4 × 4 (1920 × 2560 px); cell
 centres are drawn uniformly over it and a little beyond (border crops included). Crops are the
