@@ -178,11 +178,11 @@ class SmearPreset:
     nucleated_per_10k_um2: tuple[float, float] = (9.0, 16.0)
     rbc_coverage: tuple[float, float] = (0.55, 0.85)
     platelets_per_10k_um2: tuple[float, float] = (2.0, 6.0)
-    thickness_variation: float = 0.6
+    thickness_variation: float = 0.8
     rbc_overlap: float = 0.35
     white_cell_mix: Mapping[str, float] = field(default_factory=_default_white_mix)
     blast_fraction: tuple[float, float] = (0.2, 0.8)
-    crenated_rbc_fraction: float = 0.05
+    crenated_rbc_fraction: float = 0.025
     pale_rbc_fraction: float = 0.08
     large_lymphocyte_fraction: float = 0.3
     blastlike_monocyte_fraction: float = 0.3
@@ -877,7 +877,7 @@ def _layout(
     variation = preset.thickness_variation
 
     def accept(yx: np.ndarray) -> np.ndarray:
-        return (1 - variation) + variation * _thickness_at(thickness, shape, yx)
+        return (1 - variation) + variation * _thickness_at(thickness, shape, yx) ** 2
 
     def separation(yx: np.ndarray) -> np.ndarray:
         thick = _thickness_at(thickness, shape, yx) * variation
@@ -1168,11 +1168,11 @@ def _render_erythrocytes(
     outline[:, 0:2] = rng.normal(0, 0.035, (n, 2))
     outline[:, 2:4] = rng.normal(0, 0.015, (n, 2))
     phase = rng.uniform(0, 2 * np.pi, n)
-    outline[:, 4] = np.where(crenated, 0.045 * np.cos(phase), 0)
-    outline[:, 5] = np.where(crenated, 0.045 * np.sin(phase), 0)
+    outline[:, 4] = np.where(crenated, 0.035 * np.cos(phase), 0)
+    outline[:, 5] = np.where(crenated, 0.035 * np.sin(phase), 0)
     density = rng.uniform(0.85, 1.15, n)
-    pallor = rng.uniform(0.45, 0.7, n)
-    pallor_radius = rng.uniform(0.4, 0.52, n) * radius
+    pallor = rng.uniform(0.55, 0.8, n)
+    pallor_radius = rng.uniform(0.38, 0.5, n) * radius
     density = np.where(crenated, density * 1.15, np.where(pale, density * 0.55, density))
     pallor = np.where(crenated, 0.1, np.where(pale, 0.75, pallor))
 
