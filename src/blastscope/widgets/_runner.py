@@ -13,6 +13,11 @@ from napari.utils.notifications import show_error
 from blastscope.progress import Progress, Steps
 
 
+def _drive(steps: Steps[Any]) -> Steps[Any]:
+    """A generator function around ``steps`` (``create_worker`` needs a function to call)."""
+    return (yield from steps)
+
+
 class StageRunner:
     """Drives one stage at a time in a ``thread_worker``.
 
@@ -44,7 +49,7 @@ class StageRunner:
         """Start ``steps`` in a worker; ``on_result`` gets its result on the main thread."""
         if self.worker is not None:
             raise RuntimeError("A run is already in progress; cancel it first.")
-        worker = create_worker(steps, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(_drive, steps, _start_thread=False, _ignore_errors=True)
         self._activity = progress(total=0, desc=description)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(on_result)
@@ -71,12 +76,13 @@ class StageRunner:
         self._bar.max = total
         self._bar.value = min(int(event.done), total)
         self._bar.label = f"{event.stage}: {event.message}" if event.message else event.stage
-        if self._activity is not None:
-            if self._activity.total != total:
-                self._activity.total = total
-            self._activity.n = min(int(event.done), total)
-            self._activity.set_description(event.stage)
-            self._activity.refresh()
+        activity = self._activity  # updating it may process events (and end the run)
+        if activity is not None:
+            if activity.total != total:
+                activity.total = total
+            activity.n = min(int(event.done), total)
+            activity.set_description(event.stage)
+            activity.refresh()
 
     def _on_error(self, error: Exception) -> None:
         show_error(str(error) or type(error).__name__)
