@@ -14,6 +14,7 @@ from blastscope.predict import (
     apply_blast_threshold,
     classify_blasts_steps,
     predict_mutation_steps,
+    refresh_mutation_calls,
 )
 from blastscope.progress import run_steps
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
@@ -225,6 +226,37 @@ def test_mutation_prediction_covers_blasts_only(field, blast_path, mutation_path
     assert (table.loc[~blasts, "mutation_call"] == "").all()
     assert {e.stage for e in events} == {"mutation"}
     assert mutation.cells_processed == blasts.sum()
+
+
+def test_scoring_nucleated_cells_lets_a_lower_threshold_call_new_blasts_without_inference(
+    field, blast_path, mutation_path
+):
+    image, labels, cells = field
+    blast = load_classifier(blast_path, "blast")
+    mutation = load_classifier(mutation_path, "mutation")
+    classified = run_steps(
+        classify_blasts_steps(image, labels, cells, BCCD_PIXEL_SIZE_UM, blast, device="cpu")
+    )
+    strict = apply_blast_threshold(classified, float(classified["p_blast"].max()))
+    table = run_steps(
+        predict_mutation_steps(
+            image, labels, strict, BCCD_PIXEL_SIZE_UM, mutation, device="cpu", score="nucleated"
+        )
+    )
+    nucleated = table["is_nucleated"].to_numpy()
+    assert mutation.cells_processed == nucleated.sum()
+    assert table.loc[nucleated, "p_NPM1"].notna().all()
+    assert (table.loc[~table["is_blast"], "mutation_call"] == "").all()
+    calls_before = mutation.forward_calls
+    relaxed = refresh_mutation_calls(apply_blast_threshold(table, 0.0), mutation.classes)
+    assert mutation.forward_calls == calls_before
+    assert (relaxed.loc[nucleated, "mutation_call"] != "").all()
+    with pytest.raises(PredictionError, match="score must be one of blasts, nucleated"):
+        run_steps(
+            predict_mutation_steps(
+                image, labels, strict, BCCD_PIXEL_SIZE_UM, mutation, score="everything"
+            )
+        )
 
 
 def test_masked_bundle_crops_with_the_labels_and_needs_them(field, tmp_path):

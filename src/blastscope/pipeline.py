@@ -19,6 +19,7 @@ from blastscope.predict import (
     apply_blast_threshold,
     classify_blasts_steps,
     predict_mutation_steps,
+    refresh_mutation_calls,
 )
 from blastscope.progress import Progress, Steps, run_steps
 from blastscope.result import SlideResult, software_versions, utc_timestamp
@@ -188,7 +189,11 @@ def mutation_stage(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> Steps[SlideResult]:
-    """Mutation probabilities of the blasts of ``result`` and the slide call pooled from them."""
+    """Mutation probabilities and the slide call pooled from the blasts of ``result``.
+
+    Every nucleated cell is scored, so :func:`rethreshold` can re-pool without inference; only
+    blasts enter the slide call and get a ``mutation_call``.
+    """
     classifier = as_classifier(model, "mutation")
     settings = settings or SlideCallSettings()
     rgb, _ = to_rgb_uint8(image)
@@ -200,6 +205,7 @@ def mutation_stage(
         classifier,
         device=device,
         batch_size=batch_size,
+        score="nucleated",
     )
     provenance = dict(result.provenance)
     provenance["mutation"] = {**_bundle_record(classifier), "classes": list(classifier.classes)}
@@ -235,6 +241,8 @@ def rethreshold(
     ``settings`` ``None`` keeps the slide call's current pooling and minimums.
     """
     cells = apply_blast_threshold(result.cells, threshold)
+    if result.slide_call is not None:
+        cells = refresh_mutation_calls(cells, result.slide_call.classes)
     provenance = dict(result.provenance)
     if "blast" in provenance:
         provenance["blast"] = {**provenance["blast"], "threshold": float(threshold)}

@@ -28,6 +28,7 @@ from blastscope.progress import Progress
 
 CELL_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated")
 DEFAULT_BATCH_SIZE = 256
+SCORED_CELLS = ("blasts", "nucleated")
 
 
 class PredictionError(ValueError):
@@ -185,13 +186,19 @@ def predict_mutation_steps(
     *,
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    score: str = "blasts",
 ) -> Generator[Progress, None, pd.DataFrame]:
-    """Mutation-class probabilities of every blast; yields Progress("mutation", batch, n).
+    """Mutation-class probabilities of the blasts; yields Progress("mutation", batch, n).
 
-    Runs the mutation bundle on the cells whose ``is_blast`` is True. Returns a copy of the table
-    with ``p_<class>`` per class of the bundle (NaN for non-blasts) and ``mutation_call`` (the top
-    class, "" for non-blasts).
+    ``score="blasts"`` runs the mutation bundle on the cells whose ``is_blast`` is True;
+    ``score="nucleated"`` on every nucleated cell, so that a later threshold change can re-pool
+    the slide call without inference (only blasts enter the call). Returns a copy of the table
+    with ``p_<class>`` per class of the bundle (NaN for the cells not scored) and
+    ``mutation_call`` (the top class of each blast, "" elsewhere; see
+    :func:`refresh_mutation_calls`).
     """
+    if score not in SCORED_CELLS:
+        raise PredictionError(f"score must be one of {', '.join(SCORED_CELLS)}, got {score!r}.")
     _check_classifier(classifier, "mutation")
     _check_cells(
         cells,
@@ -200,11 +207,11 @@ def predict_mutation_steps(
         "blastscope.cells.measure_cells.",
     )
     table = cells.copy()
-    blasts = table["is_blast"].to_numpy(dtype=bool)
+    scored = table["is_blast" if score == "blasts" else "is_nucleated"].to_numpy(dtype=bool)
     probabilities = yield from _probabilities_steps(
         image,
         labels,
-        table.loc[blasts],
+        table.loc[scored],
         pixel_size_um,
         classifier,
         device,
@@ -213,10 +220,24 @@ def predict_mutation_steps(
     )
     for index, class_name in enumerate(classifier.classes):
         column = np.full(len(table), np.nan)
-        column[blasts] = probabilities[:, index]
+        column[scored] = probabilities[:, index]
         table[mutation_column(class_name)] = column
+    return refresh_mutation_calls(table, classifier.classes)
+
+
+def refresh_mutation_calls(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.DataFrame:
+    """A copy of ``cells`` whose ``mutation_call`` is the top class of each blast ("" elsewhere).
+
+    Blasts without mutation probabilities get "" too. No network runs.
+    """
+    table = cells.copy()
+    columns = [mutation_column(name) for name in classes]
+    probabilities = table[columns].to_numpy(dtype=np.float64)
+    has_probabilities = np.isfinite(probabilities).all(axis=1)
     calls = np.full(len(table), "", dtype=object)
-    if len(probabilities):
-        calls[blasts] = np.asarray(classifier.classes, dtype=object)[probabilities.argmax(axis=1)]
+    chosen = table["is_blast"].to_numpy(dtype=bool) & has_probabilities
+    if chosen.any():
+        top = probabilities[chosen].argmax(axis=1)
+        calls[chosen] = np.asarray(classes, dtype=object)[top]
     table["mutation_call"] = calls
     return table
