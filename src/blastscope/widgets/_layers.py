@@ -7,11 +7,14 @@ import napari
 import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels
+from napari.utils.colormaps import DirectLabelColormap
 
 from blastscope.result import SlideResult
 
 RESULT_KEY = "blastscope_result"
 SOURCE_KEY = "blastscope_source_image"
+OUTLINE_RGBA = (1.0, 0.95, 0.6, 1.0)
+"""Colour of the cells' outlines (pale yellow)."""
 
 
 def cells_layer_name(image_layer: Image) -> str:
@@ -40,9 +43,25 @@ def image_rgb(image_layer: Image) -> np.ndarray:
     return np.asarray(data)
 
 
-def show_cells(viewer: napari.viewer.Viewer, image_layer: Image, result: SlideResult) -> Labels:
-    """Add or update the cells Labels layer of ``image_layer`` with ``result``."""
+def show_cells(
+    viewer: napari.viewer.Viewer,
+    image_layer: Image,
+    result: SlideResult,
+    layer: Labels | None = None,
+    *,
+    update_data: bool = True,
+) -> Labels:
+    """Add or update the cells Labels layer of ``image_layer`` with ``result``.
+
+    ``layer`` is the Labels layer to update (default: the one named after the image, made when
+    missing). The layer gets a copy of the labels (so that painting leaves the result's labels as
+    they were analysed), unless ``update_data`` is False (its data is then left as the user has
+    it, e.g. edited further while re-classifying). Cells are drawn as outlines of one colour:
+    the colour layers beneath show the probabilities.
+    """
     name = cells_layer_name(image_layer)
+    if layer is None and name in viewer.layers and isinstance(viewer.layers[name], Labels):
+        layer = viewer.layers[name]
     features = layer_features(result.cells)
     metadata = {
         RESULT_KEY: result,
@@ -50,20 +69,23 @@ def show_cells(viewer: napari.viewer.Viewer, image_layer: Image, result: SlideRe
         "pixel_size_um": result.pixel_size_um,
         "provenance": result.provenance,
     }
-    if name in viewer.layers and isinstance(viewer.layers[name], Labels):
-        layer = viewer.layers[name]
-        layer.data = result.labels
+    if layer is not None:
+        if update_data:
+            layer.data = result.labels.copy()
         layer.features = features
         layer.metadata.update(metadata)
         layer.scale = image_layer.scale[-2:]
         layer.translate = image_layer.translate[-2:]
         return layer
-    return viewer.add_labels(
-        result.labels,
+    layer = viewer.add_labels(
+        result.labels.copy(),
         name=name,
         features=features,
         metadata=metadata,
         scale=image_layer.scale[-2:],
         translate=image_layer.translate[-2:],
-        opacity=0.5,
+        colormap=DirectLabelColormap(color_dict={None: OUTLINE_RGBA, 0: (0, 0, 0, 0)}),
+        opacity=0.9,
     )
+    layer.contour = 1
+    return layer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import napari
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -19,15 +20,17 @@ from napari.utils.notifications import show_error, show_info
 
 from blastscope.devices import available_devices
 from blastscope.pipeline import recompute_stage, segment_stage
+from blastscope.result import SlideResult
 from blastscope.segment import SegmentationParams, segmenter_choices
 from blastscope.widgets._layers import (
     RESULT_KEY,
     cells_layer_name,
     image_pixel_size_um,
     image_rgb,
-    show_cells,
 )
 from blastscope.widgets._runner import StageRunner
+from blastscope.widgets._session import show_result
+from blastscope.widgets._settings import PersistentValues
 
 
 class SegmentWidget(Container):
@@ -57,13 +60,19 @@ class SegmentWidget(Container):
             value=0.0,
             tooltip="µm per pixel; 0 = from the image's metadata, else the model's default.",
         )
+        self._estimate = CheckBox(
+            text="estimate diameter from the image",
+            value=True,
+            tooltip="Automatic diameter: from the pixel size and the model's cell size in µm "
+            "when both are known, else estimated from a first pass on the image.",
+        )
         self._diameter = FloatSpinBox(
             label="diameter (px)",
-            min=0.0,
+            min=1.0,
             max=1000.0,
             step=1.0,
-            value=0.0,
-            tooltip="Typical cell diameter in pixels; 0 = from the pixel size, or estimated.",
+            value=60.0,
+            tooltip="Typical cell diameter in pixels (used when the estimate is off).",
         )
         self._flow_threshold = FloatSpinBox(
             label="flow threshold", min=0.0, max=3.0, step=0.05, value=defaults.flow_threshold
@@ -93,6 +102,7 @@ class SegmentWidget(Container):
                 self._model,
                 self._model_file,
                 self._pixel_size,
+                self._estimate,
                 self._diameter,
                 self._flow_threshold,
                 self._cellprob_threshold,
@@ -106,6 +116,21 @@ class SegmentWidget(Container):
             ]
         )
         self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self._estimate.changed.connect(self._estimate_changed)
+        self.settings = PersistentValues(
+            "segment",
+            {
+                "model": self._model,
+                "model_file": self._model_file,
+                "estimate_diameter": self._estimate,
+                "diameter": self._diameter,
+                "flow_threshold": self._flow_threshold,
+                "cellprob_threshold": self._cellprob_threshold,
+                "device": self._device,
+                "tile_size": self._tile_size,
+            },
+        )
+        self._estimate_changed()
         self._run_button.changed.connect(self.run)
         self._recompute_button.changed.connect(self.recompute)
         self._viewer.layers.events.inserted.connect(self._image.reset_choices)
@@ -117,12 +142,15 @@ class SegmentWidget(Container):
         model = str(model_file) if model_file and model_file.is_file() else self._model.value
         return SegmentationParams(
             model=model,
-            diameter=self._diameter.value or None,
+            diameter=None if self._estimate.value else self._diameter.value,
             flow_threshold=self._flow_threshold.value,
             cellprob_threshold=self._cellprob_threshold.value,
             device=self._device.value,
             tile_size=self._tile_size.value,
         )
+
+    def _estimate_changed(self, *args) -> None:
+        self._diameter.enabled = not self._estimate.value
 
     def run(self) -> None:
         """Segment the chosen image in a worker thread."""
@@ -158,8 +186,8 @@ class SegmentWidget(Container):
             description=f"Recomputing masks of {image_layer.name}",
         )
 
-    def _show(self, image_layer: Image, result) -> None:
-        show_cells(self._viewer, image_layer, result)
+    def _show(self, image_layer: Image, result: SlideResult) -> None:
+        show_result(self._viewer, image_layer, result)
         for notice in result.notices:
             show_info(notice)
         self._status.value = (

@@ -1,0 +1,178 @@
+"""What the result docks share: an image and a cells-layer choice, and following the chosen
+cells layer's :class:`~blastscope.widgets._session.CellsSession`."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import Container, Label, create_widget
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_warning
+
+from blastscope.cells import measure_cells
+from blastscope.io import to_rgb_uint8
+from blastscope.progress import Progress, Steps
+from blastscope.result import SlideResult, software_versions, utc_timestamp
+from blastscope.widgets._layers import (
+    SOURCE_KEY,
+    cells_layer_name,
+    image_pixel_size_um,
+    image_rgb,
+)
+from blastscope.widgets._session import CellsSession, session_for
+
+DEMO_TEXT = "⚠ Demonstration model, not for diagnosis (trained on synthetic smears)."
+GREY_NOTICE = (
+    "Single-channel image: blastscope analyses it as grey RGB, but its models were made for "
+    "stained colour smears, so their probabilities may not hold."
+)
+
+
+def demo_label() -> Label:
+    """The loud "not for diagnosis" notice (hidden until a demo bundle is chosen or used)."""
+    label = Label(value=DEMO_TEXT)
+    label.native.setStyleSheet("color: #ff9800; font-weight: bold;")
+    label.native.setWordWrap(True)
+    label.visible = False
+    return label
+
+
+class SessionDock(Container):
+    """A dock working on one image and its cells layer; follows the layer's session."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, *, with_image: bool = True):
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._image = create_widget(annotation=Image, label="image") if with_image else None
+        self._cells = create_widget(annotation=Labels, label="cells")
+        self.session: CellsSession | None = None
+        self.extend([widget for widget in (self._image, self._cells) if widget is not None])
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self._reset_choices)
+        if self._image is not None:
+            self._image.changed.connect(self._pick_cells_of_image)
+        self._cells.changed.connect(self._follow)
+
+    def _reset_choices(self, event=None) -> None:
+        if self._image is not None:
+            self._image.reset_choices()
+        self._cells.reset_choices()
+        self._pick_cells_of_image()
+        self._follow()
+
+    def _pick_cells_of_image(self, *args) -> None:
+        image = self.image_layer()
+        if image is None:
+            return
+        name = cells_layer_name(image)
+        for layer in self._cells.choices:
+            if layer.name == name and self._cells.value is not layer:
+                self._cells.value = layer
+
+    def _follow(self, *args) -> None:
+        layer = self._cells.value
+        session = session_for(self._viewer, layer) if isinstance(layer, Labels) else None
+        if session is self.session:
+            return
+        if self.session is not None:
+            self.session.changed.disconnect(self.on_session_changed)
+            self.session.selected.disconnect(self.on_selected)
+        self.session = session
+        if session is not None:
+            session.changed.connect(self.on_session_changed)
+            session.selected.connect(self.on_selected)
+        self.on_session_changed()
+
+    def on_session_changed(self) -> None:
+        """The followed session's state changed (override to update the dock)."""
+
+    def on_selected(self, label: int) -> None:
+        """A cell was selected in the followed session (override to react)."""
+
+    def image_layer(self) -> Image | None:
+        """The chosen image, else the image the cells layer was made from."""
+        if self._image is not None and isinstance(self._image.value, Image):
+            return self._image.value
+        layer = self._cells.value
+        name = layer.metadata.get(SOURCE_KEY) if isinstance(layer, Labels) else None
+        if name in self._viewer.layers and isinstance(self._viewer.layers[name], Image):
+            return self._viewer.layers[name]
+        return None
+
+    def cells_layer(self) -> Labels | None:
+        layer = self._cells.value
+        return layer if isinstance(layer, Labels) else None
+
+    def inputs(self) -> tuple[Image, Labels]:
+        """The image and cells layers to work on; raises with what to do when one is missing."""
+        image, cells = self.image_layer(), self.cells_layer()
+        if image is None:
+            raise ValueError("Choose the image layer of the smear (open one with File > Open).")
+        if cells is None:
+            raise ValueError(
+                "Choose a cells layer: segment the image first (Plugins > blastscope > Segment "
+                "cells) or open a labels image or a QuPath GeoJSON of the cells."
+            )
+        if not image.rgb:
+            show_warning(GREY_NOTICE)
+        return image, cells
+
+    def current_steps(self, image: Image, cells: Labels) -> tuple[np.ndarray, Steps[SlideResult]]:
+        """(pixels, steps) whose result is the cells layer's result, up to date: the exact
+        result when the labels are as analysed, else the labels measured afresh (in the
+        worker, as the first step)."""
+        pixels = image_rgb(image)
+        session = session_for(self._viewer, cells)
+        result = session.flush()
+        labels = np.asarray(cells.data)
+        if result is not None and np.array_equal(result.labels, labels):
+            return pixels, _ready(result)
+        pixel_size = image_pixel_size_um(image) or cells.metadata.get("pixel_size_um")
+        if result is not None:
+            pixel_size = pixel_size or result.pixel_size_um
+        if not pixel_size:
+            raise ValueError(
+                f"{image.name} has no pixel size: segment it with Segment cells (which records "
+                "one) or set metadata['pixel_size_um'] (µm per pixel) on the image layer."
+            )
+        if labels.ndim != 2 or labels.shape != pixels.shape[:2]:
+            raise ValueError(
+                f"The cells layer {cells.name} ({labels.shape}) does not match the image "
+                f"{image.name} ({pixels.shape[:2]}); choose the labels of this image."
+            )
+        previous = result.provenance if result is not None else {}
+        return pixels, _measured(pixels, labels.copy(), float(pixel_size), previous)
+
+    def require_session(self) -> CellsSession:
+        if self.session is None or self.session.result is None:
+            raise ValueError("Choose a cells layer made by blastscope (Segment cells first).")
+        return self.session
+
+
+def _ready(result: SlideResult) -> Steps[SlideResult]:
+    yield Progress("cells", 1, 1, f"{result.n_cells} cells, as analysed")
+    return result
+
+
+def _measured(
+    pixels: np.ndarray, labels: np.ndarray, pixel_size_um: float, provenance: dict
+) -> Steps[SlideResult]:
+    rgb, notices = to_rgb_uint8(pixels)
+    yield Progress("measure", 0, 1, "measuring cells")
+    cells = measure_cells(rgb, labels.astype(np.int32, copy=False), pixel_size_um)
+    yield Progress("measure", 1, 1, f"{len(cells)} cells")
+    provenance = {
+        **provenance,
+        "created": utc_timestamp(),
+        "software": software_versions(),
+        "labels": "measured from the cells layer as it was (edited or opened)",
+    }
+    provenance.pop("blast", None)
+    provenance.pop("mutation", None)
+    return SlideResult(
+        labels=labels.astype(np.int32, copy=False),
+        cells=cells,
+        pixel_size_um=pixel_size_um,
+        provenance=provenance,
+        notices=notices,
+    )

@@ -1,0 +1,168 @@
+"""The **Classify blasts** dock: the blast model on every nucleated cell, off the UI thread, and
+a threshold slider that re-colours and re-counts without running the model again."""
+
+from __future__ import annotations
+
+import napari
+from magicgui.widgets import (
+    ComboBox,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error
+
+from blastscope.devices import available_devices
+from blastscope.models import BundleError
+from blastscope.models.classifier import Classifier
+from blastscope.pipeline import classify_stage
+from blastscope.predict import DEFAULT_BATCH_SIZE
+from blastscope.progress import Steps
+from blastscope.result import SlideResult
+from blastscope.widgets._base import SessionDock, demo_label
+from blastscope.widgets._models import BundlePicker
+from blastscope.widgets._panels import ColourLegend
+from blastscope.widgets._runner import StageRunner
+from blastscope.widgets._session import COLOUR_BY, show_result
+from blastscope.widgets._settings import PersistentValues
+
+
+def counts_text(counts: dict[str, int], classified: bool) -> str:
+    """ "N cells · M nucleated · B blasts (x %)" for the dock."""
+    text = f"{counts['cells']} cells · {counts['nucleated']} nucleated"
+    if classified:
+        share = 100.0 * counts["blasts"] / counts["nucleated"] if counts["nucleated"] else 0.0
+        text += f" · {counts['blasts']} blasts ({share:.1f} % of nucleated)"
+    return text
+
+
+class ClassifyWidget(SessionDock):
+    """Blast probability of every nucleated cell of the chosen cells layer, coloured by p_blast
+    with the threshold shown; the threshold slider runs no inference."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(napari_viewer)
+        self.bundles = BundlePicker("blast")
+        self._device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self._batch_size = SpinBox(
+            label="batch size",
+            min=1,
+            max=4096,
+            value=DEFAULT_BATCH_SIZE,
+            tooltip="Cells per batch.",
+        )
+        self._run_button = PushButton(text="Classify blasts")
+        self._cancel_button = PushButton(text="Cancel")
+        self._bar = ProgressBar(label="progress")
+        self.threshold = FloatSlider(
+            label="blast threshold",
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            value=0.5,
+            tooltip="Cells with p_blast at or above it are blasts; moving it runs no model.",
+        )
+        self.threshold.enabled = False
+        self._counts = Label(value="")
+        self._demo = demo_label()
+        self.extend(
+            [
+                *self.bundles.widgets,
+                self._device,
+                self._batch_size,
+                self._run_button,
+                self._cancel_button,
+                self._bar,
+                self.threshold,
+                self._counts,
+                self._demo,
+            ]
+        )
+        self.legend = ColourLegend()
+        self.native.layout().addWidget(self.legend)
+        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self._run_button.changed.connect(self.run)
+        self.threshold.changed.connect(self._threshold_moved)
+        self.bundles.combo.changed.connect(self._update_demo)
+        self.bundles.folder.changed.connect(self._update_demo)
+        self.settings = PersistentValues(
+            "classify",
+            {
+                "model": self.bundles.combo,
+                "folder": self.bundles.folder,
+                "device": self._device,
+                "batch_size": self._batch_size,
+            },
+        )
+        self._update_demo()
+        self._follow()
+
+    @property
+    def classifier(self) -> Classifier | None:
+        """The blast classifier of the last run (its ``forward_calls`` count inference)."""
+        return self.session.blast_classifier if self.session is not None else None
+
+    def run(self) -> None:
+        """Classify the cells of the chosen layer in a worker thread."""
+        try:
+            image, cells = self.inputs()
+            classifier = self.bundles.load()
+            pixels, steps = self.current_steps(image, cells)
+        except (ValueError, BundleError) as error:
+            show_error(str(error))
+            return
+        session = self.session
+        threshold = self.threshold.value if session is not None and session.classified else None
+        self.runner.start(
+            self._steps(steps, pixels, classifier, threshold),
+            lambda result: self._show(image, cells, classifier, result),
+            description=f"Classifying the cells of {image.name}",
+        )
+
+    def _steps(
+        self, steps: Steps[SlideResult], pixels, classifier: Classifier, threshold: float | None
+    ) -> Steps[SlideResult]:
+        result = yield from steps
+        return (
+            yield from classify_stage(
+                pixels,
+                result,
+                classifier,
+                threshold=threshold,
+                device=self._device.value,
+                batch_size=self._batch_size.value,
+            )
+        )
+
+    def _show(self, image, cells, classifier: Classifier, result: SlideResult) -> None:
+        session = show_result(self._viewer, image, result, cells)
+        session.blast_classifier = classifier
+
+    def _threshold_moved(self, value: float) -> None:
+        if self.session is not None and self.session.classified:
+            self.session.set_threshold(value)
+
+    def _update_demo(self, *args) -> None:
+        try:
+            chosen_demo = bool(self.bundles.metadata().get("demo"))
+        except BundleError:
+            chosen_demo = False
+        in_use = self.session is not None and self.session.demo
+        self._demo.visible = chosen_demo or in_use
+
+    def on_session_changed(self) -> None:
+        session = self.session
+        classified = session is not None and session.classified
+        self.threshold.enabled = classified
+        if classified and abs(self.threshold.value - session.threshold) > 1e-9:
+            with self.threshold.changed.blocked():
+                self.threshold.value = session.threshold
+        self._counts.value = counts_text(session.counts(), classified) if session else ""
+        self.legend.show_state(
+            session.threshold if classified else None,
+            session.classes if session else (),
+            bool(session) and session.colour_by == COLOUR_BY[1],
+        )
+        self._update_demo()

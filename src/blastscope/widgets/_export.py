@@ -1,0 +1,154 @@
+"""The **Export** dock: the chosen cells layer's result, with the user's overrides and the
+current threshold, written by :func:`blastscope.export.export_result`; shows the paths."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, ProgressBar, PushButton
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+
+from blastscope.export import ALL_FORMATS, DEFAULT_FORMATS, export_result
+from blastscope.io import to_rgb_uint8
+from blastscope.progress import Progress, Steps
+from blastscope.result import SlideResult
+from blastscope.widgets._base import SessionDock
+from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._panels import bold_label
+from blastscope.widgets._runner import StageRunner
+from blastscope.widgets._settings import PersistentValues
+
+FORMAT_LABELS = {
+    "geojson": "QuPath GeoJSON",
+    "csv": "cells table (CSV)",
+    "parquet": "cells table (Parquet)",
+    "labels": "labels OME-TIFF",
+    "overlay": "overlay PNG",
+    "report": "HTML report",
+}
+
+
+def file_stem(name: str) -> str:
+    """A file-name stem made from a layer name (letters, digits, ``-`` and ``_``)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    return stem or "blastscope"
+
+
+def export_steps(
+    result: SlideResult,
+    image: np.ndarray,
+    out_dir: Path,
+    *,
+    stem: str,
+    formats: list[str],
+    overwrite: bool,
+    include_non_nucleated: bool,
+) -> Steps[list[Path]]:
+    """:func:`export_result` as a one-step stage (so it runs in the dock's worker)."""
+    yield Progress("export", 0, 1, f"writing {', '.join(formats)}")
+    rgb, _ = to_rgb_uint8(image)
+    paths = export_result(
+        result,
+        rgb,
+        out_dir,
+        stem=stem,
+        formats=formats,
+        overwrite=overwrite,
+        include_non_nucleated=include_non_nucleated,
+    )
+    yield Progress("export", 1, 1, f"{len(paths)} files")
+    return paths
+
+
+class ExportWidget(SessionDock):
+    """Export the chosen cells layer's result in the chosen formats to a folder."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(napari_viewer, with_image=False)
+        self.folder = FileEdit(label="folder", mode="d", tooltip="Where the files go.")
+        self.stem = LineEdit(label="file name", tooltip="Files are named <file name>_cells.csv …")
+        self.formats = {
+            name: CheckBox(text=FORMAT_LABELS[name], value=name in DEFAULT_FORMATS)
+            for name in ALL_FORMATS
+        }
+        self.overwrite = CheckBox(text="replace existing files", value=False)
+        self.include_non_nucleated = CheckBox(
+            text="red cells and platelets in the GeoJSON too", value=False
+        )
+        self._run_button = PushButton(text="Export")
+        self._cancel_button = PushButton(text="Cancel")
+        self._bar = ProgressBar(label="progress")
+        boxes = Container(widgets=list(self.formats.values()), labels=False, label="formats")
+        self.extend(
+            [
+                self.folder,
+                self.stem,
+                boxes,
+                self.overwrite,
+                self.include_non_nucleated,
+                self._run_button,
+                self._cancel_button,
+                self._bar,
+            ]
+        )
+        self.written = bold_label("", 9)
+        self.written.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.native.layout().addWidget(self.written)
+        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self._run_button.changed.connect(self.run)
+        self.paths: list[Path] = []
+        self.settings = PersistentValues(
+            "export",
+            {
+                "folder": self.folder,
+                **{f"format_{name}": box for name, box in self.formats.items()},
+                "include_non_nucleated": self.include_non_nucleated,
+            },
+        )
+        self._follow()
+
+    def chosen_formats(self) -> list[str]:
+        return [name for name, box in self.formats.items() if box.value]
+
+    def on_session_changed(self) -> None:
+        layer = self.cells_layer()
+        image = self.image_layer()
+        if layer is not None and not self.stem.value:
+            self.stem.value = file_stem(image.name if image is not None else layer.name)
+
+    def run(self) -> None:
+        """Write the exports in a worker thread."""
+        try:
+            session = self.require_session()
+            image = self.image_layer()
+            if image is None:
+                raise ValueError("Open the image of these cells again: the exports need it.")
+            folder = self.folder.value
+            if not folder or str(folder) in ("", "."):
+                raise ValueError("Choose the folder to export to.")
+            formats = self.chosen_formats()
+            if not formats:
+                raise ValueError("Tick at least one format to export.")
+            result = session.flush()
+        except ValueError as error:
+            show_error(str(error))
+            return
+        steps = export_steps(
+            result,
+            image_rgb(image),
+            Path(folder),
+            stem=self.stem.value or file_stem(image.name),
+            formats=formats,
+            overwrite=self.overwrite.value,
+            include_non_nucleated=self.include_non_nucleated.value,
+        )
+        self.runner.start(steps, self._done, description=f"Exporting {image.name}")
+
+    def _done(self, paths: list[Path]) -> None:
+        self.paths = list(paths)
+        self.written.setText("Written:\n" + "\n".join(str(path) for path in self.paths))
+        show_info(f"blastscope: {len(self.paths)} files written to {self.paths[0].parent}")

@@ -1,0 +1,153 @@
+"""The **Cell inspector** dock: the clicked cell's crop (what the blast model sees, enlarged) and
+probabilities, overrides of its blast call (buttons and keys on the cells layer), and the cells
+table as a view of the layer's ``features`` whose rows select cells and vice versa."""
+
+from __future__ import annotations
+
+import math
+
+import napari
+import numpy as np
+import pandas as pd
+from magicgui.widgets import Container, PushButton
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QLabel
+
+from blastscope.crops import extract_crops
+from blastscope.io import to_rgb_uint8
+from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
+from blastscope.widgets._base import SessionDock
+from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
+from blastscope.widgets._session import OVERRIDE_KEYS, UNDO_KEY
+
+CROP_SIDE_PX = 192
+KEY_OF = {value: key for key, value in OVERRIDE_KEYS.items()}
+
+
+def describe_cell(row, classes: tuple[str, ...]) -> str:
+    """A few lines about one row of the cells table (a ``features`` row)."""
+    lines = [f"Cell {int(row['label'])} · {row['diameter_um']:.1f} µm across"]
+    if not bool(row.get("is_nucleated", False)):
+        lines.append("not nucleated (red cell or platelet): not classified")
+    if "p_blast" in row and math.isfinite(row["p_blast"]):
+        model = "blast" if bool(row["blast_call"]) else "non-blast"
+        line = f"p_blast {row['p_blast']:.3f} · model: {model}"
+        override = row.get("blast_override", pd.NA)
+        if not pd.isna(override):
+            line += f" · your call: {'blast' if bool(override) else 'non-blast'}"
+        lines.append(line)
+    probabilities = [
+        (name, row[f"p_{name}"])
+        for name in classes
+        if f"p_{name}" in row and math.isfinite(row[f"p_{name}"])
+    ]
+    if probabilities:
+        lines.append(" · ".join(f"{name} {value:.2f}" for name, value in probabilities))
+    return "\n".join(lines)
+
+
+class InspectorWidget(SessionDock):
+    """Inspect and override cells of the chosen cells layer."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(napari_viewer, with_image=False)
+        self.mark_blast = PushButton(text=f"Mark blast ({KEY_OF[True]})")
+        self.mark_non_blast = PushButton(text=f"Mark non-blast ({KEY_OF[False]})")
+        self.clear_mark = PushButton(text=f"Back to the model's call ({KEY_OF[None]})")
+        self.undo = PushButton(text=f"Undo override ({UNDO_KEY})")
+        buttons = Container(
+            layout="horizontal", widgets=[self.mark_blast, self.mark_non_blast], labels=False
+        )
+        more = Container(layout="horizontal", widgets=[self.clear_mark, self.undo], labels=False)
+        self.extend([buttons, more])
+        self.crop = QLabel()
+        self.crop.setFixedSize(CROP_SIDE_PX, CROP_SIDE_PX)
+        self.info = bold_label("Click a cell (pan/zoom mode) or a row of the table.", 9)
+        self.table = FeaturesTable(self._row_selected)
+        for widget in (self.crop, self.info, self.table):
+            self.native.layout().addWidget(widget)
+        self.mark_blast.changed.connect(lambda: self._override(True))
+        self.mark_non_blast.changed.connect(lambda: self._override(False))
+        self.clear_mark.changed.connect(lambda: self._override(None))
+        self.undo.changed.connect(self._undo)
+        self._follow()
+
+    def _override(self, value: bool | None) -> None:
+        session = self.session
+        if session is None or session.selected_label <= 0:
+            show_error("Select a cell first: click it in pan/zoom mode or pick a table row.")
+            return
+        try:
+            session.set_override(session.selected_label, value)
+        except ValueError as error:
+            show_error(str(error))
+
+    def _undo(self) -> None:
+        if self.session is not None:
+            self.session.undo_override()
+
+    def _row_selected(self, row: int) -> None:
+        session = self.session
+        if session is None:
+            return
+        features = session.layer.features
+        label = int(features["index"].iloc[row])
+        centre = (features["centroid_y"].iloc[row], features["centroid_x"].iloc[row])
+        self._viewer.camera.center = tuple(session.layer.data_to_world(centre))
+        session.select(label)
+
+    def on_selected(self, label: int) -> None:
+        session = self.session
+        row = session.row_of(label) if session is not None else None
+        self.table.select_frame_row(row)
+        self._show_cell(row)
+
+    def on_session_changed(self) -> None:
+        session = self.session
+        if session is None:
+            self.table.set_frame(self.table.model_.frame.iloc[0:0])
+            return
+        features = session.layer.features
+        if self.table.model_.frame is not features:
+            self.table.set_frame(features)
+        else:
+            self.table.model_.refresh_values()
+        if session.selected_label > 0:
+            row = session.row_of(session.selected_label)
+            self.table.select_frame_row(row)
+            self._show_cell(row, crop=False)
+
+    def _show_cell(self, row: int | None, crop: bool = True) -> None:
+        session = self.session
+        if session is None or row is None:
+            self.info.setText("Click a cell (pan/zoom mode) or a row of the table.")
+            self.crop.clear()
+            return
+        features = session.layer.features
+        self.info.setText(describe_cell(features.iloc[row], session.classes))
+        if crop:
+            self.crop.setPixmap(rgb_pixmap(self.cell_crop(row), CROP_SIDE_PX))
+
+    def cell_crop(self, row: int) -> np.ndarray:
+        """The crop the blast model sees for the cell of ``row`` (h, w, 3) uint8; without a
+        blast model yet, a 24 µm window at 0.5 µm per pixel."""
+        session = self.session
+        result = session.result
+        image = self.image_layer()
+        classifier = session.blast_classifier
+        window = classifier.input.window_um if classifier else DEFAULT_WINDOW_UM
+        pixel = classifier.input.pixel_size_um if classifier else DEFAULT_CROP_PIXEL_SIZE_UM
+        masked = bool(classifier.input.mask_to_cell) if classifier else False
+        cells = result.cells
+        rgb, _ = to_rgb_uint8(image_rgb(image))
+        return extract_crops(
+            rgb,
+            cells[["centroid_y", "centroid_x"]].to_numpy()[row : row + 1],
+            pixel_size_um=result.pixel_size_um,
+            window_um=window,
+            out_pixel_size_um=pixel,
+            labels=result.labels,
+            cell_labels=cells["label"].to_numpy()[row : row + 1],
+            mask_to_cell=masked,
+        )[0]

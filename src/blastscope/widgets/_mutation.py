@@ -1,0 +1,193 @@
+"""The **Predict mutation** dock: the mutation model on the blasts and the slide-level call
+(class, pooled probabilities with their bootstrap interval, blasts used, blast percentage,
+abstention), re-pooled without inference when the pooling or the minimum changes."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    FloatSpinBox,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.notifications import show_error
+
+from blastscope.devices import available_devices
+from blastscope.models import BundleError
+from blastscope.models.classifier import Classifier
+from blastscope.pipeline import SlideCallSettings, mutation_stage
+from blastscope.predict import DEFAULT_BATCH_SIZE
+from blastscope.result import SlideResult
+from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, POOLINGS
+from blastscope.widgets._base import SessionDock, demo_label
+from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._models import BundlePicker
+from blastscope.widgets._panels import SlideCallChart, bold_label, slide_call_text
+from blastscope.widgets._runner import StageRunner
+from blastscope.widgets._session import COLOUR_BY, show_result
+from blastscope.widgets._settings import PersistentValues
+
+
+class MutationWidget(SessionDock):
+    """Mutation-class probabilities of the blasts and the slide call, with its chart."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__(napari_viewer)
+        self.bundles = BundlePicker("mutation")
+        self._device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self._batch_size = SpinBox(label="batch size", min=1, max=4096, value=DEFAULT_BATCH_SIZE)
+        self._run_button = PushButton(text="Predict mutation")
+        self._cancel_button = PushButton(text="Cancel")
+        self._bar = ProgressBar(label="progress")
+        self.min_blasts = SpinBox(
+            label="minimum blasts",
+            min=0,
+            max=100_000,
+            value=DEFAULT_MIN_BLASTS,
+            tooltip="Fewer blasts than this: no call (insufficient blasts).",
+        )
+        self.pooling = ComboBox(
+            label="pooling",
+            choices=list(POOLINGS),
+            value=POOLINGS[0],
+            tooltip="mean: mean of the blasts' probabilities; geometric: mean of their logs.",
+        )
+        self.min_probability = FloatSpinBox(
+            label="minimum probability",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=DEFAULT_MIN_PROBABILITY,
+            tooltip="A top pooled probability below this: no call.",
+        )
+        self.colour_by = ComboBox(
+            label="colour cells by",
+            choices=list(COLOUR_BY),
+            value=COLOUR_BY[0],
+            tooltip="p_blast, or each cell's most probable mutation class.",
+        )
+        self._demo = demo_label()
+        self.extend(
+            [
+                *self.bundles.widgets,
+                self._device,
+                self._batch_size,
+                self._run_button,
+                self._cancel_button,
+                self._bar,
+                self.min_blasts,
+                self.pooling,
+                self.min_probability,
+                self.colour_by,
+                self._demo,
+            ]
+        )
+        self.headline = bold_label("No slide call yet", 12)
+        self.chart = SlideCallChart()
+        self.details = bold_label("", 9)
+        for widget in (self.headline, self.chart, self.details):
+            self.native.layout().addWidget(widget)
+        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self._run_button.changed.connect(self.run)
+        for widget in (self.min_blasts, self.pooling, self.min_probability):
+            widget.changed.connect(self._settings_changed)
+        self.colour_by.changed.connect(self._colour_by_changed)
+        self.bundles.combo.changed.connect(self._update_demo)
+        self.bundles.folder.changed.connect(self._update_demo)
+        self.settings = PersistentValues(
+            "mutation",
+            {
+                "model": self.bundles.combo,
+                "folder": self.bundles.folder,
+                "device": self._device,
+                "batch_size": self._batch_size,
+                "min_blasts": self.min_blasts,
+                "pooling": self.pooling,
+                "min_probability": self.min_probability,
+            },
+        )
+        self._follow()
+
+    @property
+    def classifier(self) -> Classifier | None:
+        """The mutation classifier of the last run."""
+        return self.session.mutation_classifier if self.session is not None else None
+
+    def slide_settings(self) -> SlideCallSettings:
+        return SlideCallSettings(
+            pooling=self.pooling.value,
+            min_blasts=int(self.min_blasts.value),
+            min_probability=float(self.min_probability.value),
+        )
+
+    def run(self) -> None:
+        """Predict the mutation class of the blasts of the chosen cells in a worker thread."""
+        try:
+            image, cells = self.inputs()
+            session = self.require_session()
+            if not session.classified:
+                raise ValueError("Classify blasts first: the mutation model runs on the blasts.")
+            result = session.flush()
+            if not np.array_equal(result.labels, np.asarray(cells.data)):
+                raise ValueError(
+                    "The cells were edited since they were classified: re-classify them first "
+                    "(Edit and re-classify, or Classify blasts)."
+                )
+            classifier = self.bundles.load()
+        except (ValueError, BundleError) as error:
+            show_error(str(error))
+            return
+        steps = mutation_stage(
+            image_rgb(image),
+            result,
+            classifier,
+            settings=self.slide_settings(),
+            device=self._device.value,
+            batch_size=self._batch_size.value,
+        )
+        self.runner.start(
+            steps,
+            lambda new: self._show(image, cells, classifier, new),
+            description=f"Predicting the mutation of {image.name}",
+        )
+
+    def _show(self, image, cells, classifier: Classifier, result: SlideResult) -> None:
+        session = show_result(self._viewer, image, result, cells)
+        session.mutation_classifier = classifier
+
+    def _settings_changed(self, *args) -> None:
+        if self.session is not None:
+            self.session.set_settings(self.slide_settings())
+
+    def _colour_by_changed(self, mode: str) -> None:
+        if self.session is None:
+            return
+        try:
+            self.session.set_colour_by(mode)
+        except ValueError as error:
+            show_error(str(error))
+            with self.colour_by.changed.blocked():
+                self.colour_by.value = self.session.colour_by
+
+    def _update_demo(self, *args) -> None:
+        try:
+            chosen_demo = bool(self.bundles.metadata().get("demo"))
+        except BundleError:
+            chosen_demo = False
+        self._demo.visible = chosen_demo or (self.session is not None and self.session.demo)
+
+    def on_session_changed(self) -> None:
+        session = self.session
+        call = session.slide_call if session is not None else None
+        exact = session.exact if session is not None else True
+        headline, details = slide_call_text(call, exact)
+        self.headline.setText(headline)
+        self.details.setText(details)
+        self.chart.show_call(call, exact)
+        if session is not None and self.colour_by.value != session.colour_by:
+            with self.colour_by.changed.blocked():
+                self.colour_by.value = session.colour_by
+        self._update_demo()
