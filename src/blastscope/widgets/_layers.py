@@ -22,9 +22,17 @@ def cells_layer_name(image_layer: Image) -> str:
     return f"{image_layer.name} cells"
 
 
+CALL_COLUMNS = ("p_blast", "is_blast", "blast_call", "blast_override", "mutation_call")
+
+
 def layer_features(cells: pd.DataFrame) -> pd.DataFrame:
-    """The cells table as napari ``features``: an ``index`` column (= label id) in front."""
-    features = cells.reset_index(drop=True).copy()
+    """The cells table as napari ``features``: an ``index`` column (= label id) in front, then
+    ``label``, the blast columns, the mutation probabilities and the rest in table order (so the
+    status bar, which lists them all on hover, shows the probabilities first)."""
+    first = [name for name in ("label", *CALL_COLUMNS) if name in cells.columns]
+    first += [name for name in cells.columns if name.startswith("p_") and name not in first]
+    rest = [name for name in cells.columns if name not in first]
+    features = cells[first + rest].reset_index(drop=True)
     features.insert(0, "index", features["label"].to_numpy())
     return features
 
