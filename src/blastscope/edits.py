@@ -162,6 +162,7 @@ def reclassify_stage(
             mutation,
             device=device,
             batch_size=batch_size,
+            score="nucleated",
         )
 
     produced = [column for column in old.columns if column in new.columns]

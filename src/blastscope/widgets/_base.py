@@ -3,6 +3,8 @@ cells layer's :class:`~blastscope.widgets._session.CellsSession`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import napari
 import numpy as np
 from magicgui.widgets import Container, Label, create_widget
@@ -147,6 +149,15 @@ class SessionDock(Container):
         if self.session is None or self.session.result is None:
             raise ValueError("Choose a cells layer made by blastscope (Segment cells first).")
         return self.session
+
+
+def record_run(result: SlideResult, stage: str, **params) -> SlideResult:
+    """``result`` with this dock run's parameters, time and software versions recorded in its
+    provenance under ``stage`` (next to what the core stage recorded there)."""
+    provenance = dict(result.provenance)
+    run = {"params": params, "created": utc_timestamp(), "software": software_versions()}
+    provenance[stage] = {**provenance.get(stage, {}), "run": run}
+    return replace(result, provenance=provenance)
 
 
 def _ready(result: SlideResult) -> Steps[SlideResult]:

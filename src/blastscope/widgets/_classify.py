@@ -21,7 +21,7 @@ from blastscope.pipeline import classify_stage
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
-from blastscope.widgets._base import SessionDock, demo_label
+from blastscope.widgets._base import SessionDock, demo_label, record_run
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import ColourLegend
 from blastscope.widgets._runner import StageRunner
@@ -36,6 +36,24 @@ def counts_text(counts: dict[str, int], classified: bool) -> str:
         share = 100.0 * counts["blasts"] / counts["nucleated"] if counts["nucleated"] else 0.0
         text += f" · {counts['blasts']} blasts ({share:.1f} % of nucleated)"
     return text
+
+
+def _classify_steps(
+    steps: Steps[SlideResult],
+    pixels,
+    classifier: Classifier,
+    threshold: float | None,
+    *,
+    device: str,
+    batch_size: int,
+) -> Steps[SlideResult]:
+    """The cells (``steps``) then their blast probabilities."""
+    result = yield from steps
+    return (
+        yield from classify_stage(
+            pixels, result, classifier, threshold=threshold, device=device, batch_size=batch_size
+        )
+    )
 
 
 class ClassifyWidget(SessionDock):
@@ -53,8 +71,8 @@ class ClassifyWidget(SessionDock):
             value=DEFAULT_BATCH_SIZE,
             tooltip="Cells per batch.",
         )
-        self._run_button = PushButton(text="Classify blasts")
-        self._cancel_button = PushButton(text="Cancel")
+        self.run_button = PushButton(text="Classify blasts")
+        self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         self.threshold = FloatSlider(
             label="blast threshold",
@@ -72,8 +90,8 @@ class ClassifyWidget(SessionDock):
                 *self.bundles.widgets,
                 self._device,
                 self._batch_size,
-                self._run_button,
-                self._cancel_button,
+                self.run_button,
+                self.cancel_button,
                 self._bar,
                 self.threshold,
                 self._counts,
@@ -82,8 +100,8 @@ class ClassifyWidget(SessionDock):
         )
         self.legend = ColourLegend()
         self.native.layout().addWidget(self.legend)
-        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
-        self._run_button.changed.connect(self.run)
+        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.run_button.changed.connect(self.run)
         self.threshold.changed.connect(self._threshold_moved)
         self.bundles.combo.changed.connect(self._update_demo)
         self.bundles.folder.changed.connect(self._update_demo)
@@ -115,25 +133,13 @@ class ClassifyWidget(SessionDock):
             return
         session = self.session
         threshold = self.threshold.value if session is not None and session.classified else None
+        params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
         self.runner.start(
-            self._steps(steps, pixels, classifier, threshold),
-            lambda result: self._show(image, cells, classifier, result),
+            _classify_steps(steps, pixels, classifier, threshold, **params),
+            lambda result: self._show(
+                image, cells, classifier, record_run(result, "blast", **params)
+            ),
             description=f"Classifying the cells of {image.name}",
-        )
-
-    def _steps(
-        self, steps: Steps[SlideResult], pixels, classifier: Classifier, threshold: float | None
-    ) -> Steps[SlideResult]:
-        result = yield from steps
-        return (
-            yield from classify_stage(
-                pixels,
-                result,
-                classifier,
-                threshold=threshold,
-                device=self._device.value,
-                batch_size=self._batch_size.value,
-            )
         )
 
     def _show(self, image, cells, classifier: Classifier, result: SlideResult) -> None:

@@ -17,7 +17,7 @@ from blastscope.models import BundleError
 from blastscope.models.classifier import Classifier, load_classifier
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.result import SlideResult
-from blastscope.widgets._base import SessionDock
+from blastscope.widgets._base import SessionDock, record_run
 from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._session import CellsSession, show_result
@@ -59,8 +59,8 @@ class EditWidget(SessionDock):
         )
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._batch_size = SpinBox(label="batch size", min=1, max=4096, value=DEFAULT_BATCH_SIZE)
-        self._run_button = PushButton(text="Re-classify edited cells")
-        self._cancel_button = PushButton(text="Cancel")
+        self.run_button = PushButton(text="Re-classify edited cells")
+        self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         self.status = Label(value="")
         self.extend(
@@ -69,14 +69,14 @@ class EditWidget(SessionDock):
                 self.delay_ms,
                 self._device,
                 self._batch_size,
-                self._run_button,
-                self._cancel_button,
+                self.run_button,
+                self.cancel_button,
                 self._bar,
                 self.status,
             ]
         )
-        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
-        self._run_button.changed.connect(self.run)
+        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.run_button.changed.connect(self.run)
         self.timer = QTimer()
         self.timer.setSingleShot(True)
         self.timer.timeout.connect(self._auto_run)
@@ -146,6 +146,7 @@ class EditWidget(SessionDock):
         except (ValueError, BundleError) as error:
             show_error(str(error))
             return
+        params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
         steps = reclassify_stage(
             image_rgb(image),
             result,
@@ -154,12 +155,11 @@ class EditWidget(SessionDock):
             mutation,
             threshold=session.threshold,
             settings=session.settings,
-            device=self._device.value,
-            batch_size=self._batch_size.value,
+            **params,
         )
         self.runner.start(
             steps,
-            lambda new: self._show(image, layer, new),
+            lambda new: self._show(image, layer, record_run(new, "reclassify", **params)),
             description=f"Re-classifying the edited cells of {layer.name}",
         )
 

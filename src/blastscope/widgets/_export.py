@@ -79,8 +79,8 @@ class ExportWidget(SessionDock):
         self.include_non_nucleated = CheckBox(
             text="red cells and platelets in the GeoJSON too", value=False
         )
-        self._run_button = PushButton(text="Export")
-        self._cancel_button = PushButton(text="Cancel")
+        self.run_button = PushButton(text="Export")
+        self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         boxes = Container(widgets=list(self.formats.values()), labels=False, label="formats")
         self.extend(
@@ -90,16 +90,16 @@ class ExportWidget(SessionDock):
                 boxes,
                 self.overwrite,
                 self.include_non_nucleated,
-                self._run_button,
-                self._cancel_button,
+                self.run_button,
+                self.cancel_button,
                 self._bar,
             ]
         )
         self.written = bold_label("", 9)
         self.written.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.native.layout().addWidget(self.written)
-        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
-        self._run_button.changed.connect(self.run)
+        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.run_button.changed.connect(self.run)
         self.paths: list[Path] = []
         self.settings = PersistentValues(
             "export",

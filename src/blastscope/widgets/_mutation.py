@@ -22,7 +22,7 @@ from blastscope.pipeline import SlideCallSettings, mutation_stage
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.result import SlideResult
 from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, POOLINGS
-from blastscope.widgets._base import SessionDock, demo_label
+from blastscope.widgets._base import SessionDock, demo_label, record_run
 from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import SlideCallChart, bold_label, slide_call_text
@@ -39,8 +39,8 @@ class MutationWidget(SessionDock):
         self.bundles = BundlePicker("mutation")
         self._device = ComboBox(label="device", choices=["auto", *available_devices()])
         self._batch_size = SpinBox(label="batch size", min=1, max=4096, value=DEFAULT_BATCH_SIZE)
-        self._run_button = PushButton(text="Predict mutation")
-        self._cancel_button = PushButton(text="Cancel")
+        self.run_button = PushButton(text="Predict mutation")
+        self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         self.min_blasts = SpinBox(
             label="minimum blasts",
@@ -75,8 +75,8 @@ class MutationWidget(SessionDock):
                 *self.bundles.widgets,
                 self._device,
                 self._batch_size,
-                self._run_button,
-                self._cancel_button,
+                self.run_button,
+                self.cancel_button,
                 self._bar,
                 self.min_blasts,
                 self.pooling,
@@ -90,8 +90,8 @@ class MutationWidget(SessionDock):
         self.details = bold_label("", 9)
         for widget in (self.headline, self.chart, self.details):
             self.native.layout().addWidget(widget)
-        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
-        self._run_button.changed.connect(self.run)
+        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.run_button.changed.connect(self.run)
         for widget in (self.min_blasts, self.pooling, self.min_probability):
             widget.changed.connect(self._settings_changed)
         self.colour_by.changed.connect(self._colour_by_changed)
@@ -140,17 +140,12 @@ class MutationWidget(SessionDock):
         except (ValueError, BundleError) as error:
             show_error(str(error))
             return
-        steps = mutation_stage(
-            image_rgb(image),
-            result,
-            classifier,
-            settings=self.slide_settings(),
-            device=self._device.value,
-            batch_size=self._batch_size.value,
-        )
+        params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
+        settings = self.slide_settings()
+        steps = mutation_stage(image_rgb(image), result, classifier, settings=settings, **params)
         self.runner.start(
             steps,
-            lambda new: self._show(image, cells, classifier, new),
+            lambda new: self._show(image, cells, classifier, record_run(new, "mutation", **params)),
             description=f"Predicting the mutation of {image.name}",
         )
 

@@ -9,6 +9,7 @@ from magicgui.widgets import ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error
+from psygnal import Signal
 
 from blastscope.progress import Progress, Steps
 
@@ -23,8 +24,11 @@ class StageRunner:
 
     Progress events update the dock's progress bar and napari's activity dock; Cancel quits the
     worker, which closes the stage generator at its next event; results and errors are handled on
-    the main thread, and an error or a cancel leaves the viewer's layers as they were.
+    the main thread, and an error or a cancel leaves the viewer's layers as they were. The
+    ``started`` signal carries each new worker before its thread starts (to connect to it).
     """
+
+    started = Signal(object)
 
     def __init__(self, run_button: PushButton, cancel_button: PushButton, bar: ProgressBar):
         self._run_button = run_button
@@ -62,6 +66,7 @@ class StageRunner:
         self._bar.visible = True
         self._bar.min, self._bar.max, self._bar.value = 0, 0, 0
         self._bar.label = description
+        self.started.emit(worker)
         worker.start()
         return worker
 

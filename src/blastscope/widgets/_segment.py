@@ -88,12 +88,12 @@ class SegmentWidget(Container):
         self._tile_size = SpinBox(
             label="tile size (px)", min=256, max=16384, step=256, value=defaults.tile_size
         )
-        self._run_button = PushButton(text="Segment")
+        self.run_button = PushButton(text="Segment")
         self._recompute_button = PushButton(
             text="Recompute masks",
             tooltip="Apply the thresholds to the stored network outputs (no network run).",
         )
-        self._cancel_button = PushButton(text="Cancel")
+        self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         self._status = Label(value="")
         self.extend(
@@ -108,14 +108,14 @@ class SegmentWidget(Container):
                 self._cellprob_threshold,
                 self._device,
                 self._tile_size,
-                self._run_button,
+                self.run_button,
                 self._recompute_button,
-                self._cancel_button,
+                self.cancel_button,
                 self._bar,
                 self._status,
             ]
         )
-        self.runner = StageRunner(self._run_button, self._cancel_button, self._bar)
+        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
         self._estimate.changed.connect(self._estimate_changed)
         self.settings = PersistentValues(
             "segment",
@@ -131,7 +131,7 @@ class SegmentWidget(Container):
             },
         )
         self._estimate_changed()
-        self._run_button.changed.connect(self.run)
+        self.run_button.changed.connect(self.run)
         self._recompute_button.changed.connect(self.recompute)
         self._viewer.layers.events.inserted.connect(self._image.reset_choices)
         self._viewer.layers.events.removed.connect(self._image.reset_choices)

@@ -95,6 +95,14 @@ class CellArrays:
         np.greater_equal(self.p_blast, threshold, out=call, where=np.isfinite(self.p_blast))
         return call, np.where(self.override >= 0, self.override == 1, call)
 
+    def mutation_calls(self, is_blast: np.ndarray) -> np.ndarray:
+        """``mutation_call`` as ``refresh_mutation_calls`` makes it: the top class of each
+        blast with mutation probabilities, "" elsewhere."""
+        scored = np.isfinite(self.probabilities).all(axis=1)
+        top = np.where(scored[:, None], self.probabilities, -np.inf).argmax(axis=1)
+        names = np.asarray(self.classes, dtype=object)[top]
+        return np.where(is_blast & scored, names, "").astype(object)
+
     def override_column(self) -> pd.arrays.BooleanArray:
         """The ``blast_override`` column (<NA> where the user made no call)."""
         values = pd.array(self.override == 1, dtype="boolean")
@@ -295,6 +303,8 @@ class CellsSession:
         features = self.layer.features
         features["blast_call"] = call
         features["is_blast"] = is_blast
+        if arrays.probabilities is not None and "mutation_call" in features:
+            features["mutation_call"] = arrays.mutation_calls(is_blast)
         self.preview_call = None
         result = self.result
         pooled = result is not None and result.slide_call is not None
@@ -492,7 +502,7 @@ class CellsSession:
         veil.refresh()
 
     def _update_demo_notice(self) -> None:
-        overlay = self._viewer.text_overlay
+        overlay = self._viewer.canvas.overlays["text"]
         if self.demo:
             overlay.text = DEMO_NOTICE
             overlay.color = (1.0, 0.55, 0.0, 1.0)

@@ -1,0 +1,195 @@
+"""Classify blasts dock, through the plugin manifest on a real viewer (Xvfb): results against the
+core, a threshold slider that runs no inference, Cancel, errors, grey and placed images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from napari.utils.status_messages import format_feature_value
+
+from blastscope.models.classifier import load_classifier
+from blastscope.pipeline import classify_stage, rethreshold
+from blastscope.progress import run_steps
+from blastscope.widgets._base import GREY_NOTICE
+from blastscope.widgets._colours import VEIL_RGBA
+from widget_cases import (
+    PLUGIN,
+    add_smear,
+    add_smear_with_cells,
+    cancel_at_first_progress,
+    isolate_settings,
+    notifications,
+    smear,
+    smear_cells,
+    wait_for,
+    wait_until,
+    write_bundles,
+)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    isolate_settings(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return write_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+def classify_dock(viewer, blast_bundle):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    widget.bundles.folder.value = str(blast_bundle)
+    return widget
+
+
+def veil_alpha(veil, p_blast: float) -> float:
+    """The veil's alpha over a cell of ``p_blast`` as drawn now (colormap over the limits)."""
+    low, high = veil.contrast_limits
+    return float(veil.colormap.map(np.array([(p_blast - low) / (high - low)]))[0, 3])
+
+
+def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy, bundles):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    widget = classify_dock(viewer, bundles[0])
+    widget.run()
+    wait_for(widget)
+
+    expected = run_steps(
+        classify_stage(smear().image, smear_cells(), load_classifier(bundles[0], "blast"))
+    )
+    features = session.layer.features
+    assert list(features["index"]) == list(expected.cells["label"])
+    np.testing.assert_allclose(features["p_blast"], expected.cells["p_blast"], atol=1e-6)
+    assert features["is_blast"].tolist() == expected.cells["is_blast"].tolist()
+    assert features["blast_override"].isna().all()
+    recorded = session.result.provenance["blast"]
+    assert recorded["sha256"] == expected.provenance["blast"]["sha256"]
+    assert recorded["threshold"] == widget.threshold.value == 0.5
+    run = recorded["run"]
+    assert run["params"] == {"device": "auto", "batch_size": 256}
+    assert run["software"]["torch"]
+    assert run["created"]
+
+    colours = viewer.layers[session.colour_layer_name]
+    label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
+    inside = np.argwhere(session.result.labels == label)[0]
+    p_blast = features.set_index("label").loc[label, "p_blast"]
+    assert colours.data[tuple(inside)] == pytest.approx(p_blast, abs=1e-6)
+    assert np.isnan(colours.data[session.result.labels == 0]).all()
+    assert colours.colorbar.visible
+
+    names = [layer.name for layer in viewer.layers]
+    widget.run()
+    wait_for(widget)
+    assert [layer.name for layer in viewer.layers] == names
+    assert widget.classifier.forward_calls == 2
+
+
+def test_threshold_slider_recolours_and_recounts_without_the_network(
+    make_napari_viewer_proxy, bundles
+):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    widget = classify_dock(viewer, bundles[0])
+    widget.run()
+    wait_for(widget)
+    classified = session.result
+    classifier = widget.classifier
+    calls, cells = classifier.forward_calls, classifier.cells_processed
+    p_blast = session.layer.features["p_blast"].to_numpy()
+    threshold = round(float(np.nanmedian(p_blast)), 3)
+    low_cell, high_cell = float(np.nanmin(p_blast)), float(np.nanmax(p_blast))
+    veil = viewer.layers[session.veil_layer_name]
+    assert veil_alpha(veil, 0.5) == 0.0
+    assert veil_alpha(veil, 0.49) == pytest.approx(VEIL_RGBA[3])
+    before = widget._counts.value
+
+    widget.threshold.value = threshold
+    features = session.layer.features
+    expected_blasts = (p_blast >= threshold) & np.isfinite(p_blast)
+    assert 0 < expected_blasts.sum() < np.isfinite(p_blast).sum()
+    assert features["is_blast"].tolist() == expected_blasts.tolist()
+    assert widget._counts.value != before
+    assert f"{int(expected_blasts.sum())} blasts" in widget._counts.value
+    assert veil_alpha(veil, low_cell) == pytest.approx(VEIL_RGBA[3])
+    assert veil_alpha(veil, high_cell) == 0.0
+    assert veil_alpha(veil, threshold) == 0.0  # p >= t is a blast: not dimmed
+
+    wait_until(lambda: session.exact)
+    expected = rethreshold(classified, threshold)
+    pd.testing.assert_frame_equal(session.result.cells, expected.cells, check_exact=True)
+    assert session.result.provenance["blast"]["threshold"] == threshold
+    assert (classifier.forward_calls, classifier.cells_processed) == (calls, cells)
+
+
+def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy, bundles):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    widget = classify_dock(viewer, bundles[0])
+    widget._batch_size.value = 2
+    features = session.layer.features.copy()
+    names = [layer.name for layer in viewer.layers]
+    probe = cancel_at_first_progress(widget, "classify")
+    widget.run()
+    wait_for(widget)
+    assert probe.clicked.is_set()
+    assert probe.aborted.is_set()
+    total = int(np.ceil(features["is_nucleated"].sum() / 2))
+    assert 1 <= widget.bundles.load().forward_calls < total
+    pd.testing.assert_frame_equal(session.layer.features, features)
+    assert [layer.name for layer in viewer.layers] == names
+    assert not session.classified
+
+
+def test_errors_are_shown_with_what_to_do(make_napari_viewer_proxy, bundles):
+    viewer = make_napari_viewer_proxy()
+    add_smear(viewer)
+    widget = classify_dock(viewer, bundles[1])  # a mutation bundle in the blast dock
+    with notifications() as messages:
+        widget.run()
+    assert any("Choose a cells layer: segment the image first" in m for m in messages)
+    assert len(viewer.layers) == 1
+
+    image, session = add_smear_with_cells(viewer, name="second")
+    widget._image.value = image
+    with notifications() as messages:
+        widget.run()
+    assert any("is a mutation bundle, but a blast bundle is needed here" in m for m in messages)
+    assert not session.classified
+
+
+def test_grey_image_with_scale_and_translate_is_classified_in_place(
+    make_napari_viewer_proxy, bundles
+):
+    viewer = make_napari_viewer_proxy()
+    image, session = add_smear_with_cells(viewer, grey=True, translate=(12.5, -4.0))
+    widget = classify_dock(viewer, bundles[0])
+    with notifications() as messages:
+        widget.run()
+        wait_for(widget)
+    assert GREY_NOTICE in messages
+    assert session.classified
+    for name in (session.layer.name, session.colour_layer_name, session.veil_layer_name):
+        layer = viewer.layers[name]
+        assert tuple(layer.scale) == tuple(image.scale)
+        assert tuple(layer.translate) == (12.5, -4.0)
+
+
+def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy, bundles):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    widget = classify_dock(viewer, bundles[0])
+    widget.run()
+    wait_for(widget)
+    features = session.layer.features
+    row = features[features["is_nucleated"]].iloc[0]
+    inside = np.argwhere(session.result.labels == row["label"])[0]
+    world = session.layer.data_to_world(inside)
+    status = session.layer.get_status(world, world=True)["coordinates"]
+    assert f"p_blast: {format_feature_value(row['p_blast'])}" in status
+    assert status.index("p_blast") < status.index("area_px")
