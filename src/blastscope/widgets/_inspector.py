@@ -17,7 +17,7 @@ from blastscope.crops import extract_crops
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.widgets._base import SessionDock
-from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._layers import image_rgb, viewer_camera
 from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
 from blastscope.widgets._session import OVERRIDE_KEYS, UNDO_KEY
 
@@ -94,7 +94,7 @@ class InspectorWidget(SessionDock):
         features = session.layer.features
         label = int(features["index"].iloc[row])
         centre = (features["centroid_y"].iloc[row], features["centroid_x"].iloc[row])
-        self._viewer.camera.center = tuple(session.layer.data_to_world(centre))
+        viewer_camera(self._viewer).center = tuple(session.layer.data_to_world(centre))
         session.select(label)
 
     def on_selected(self, label: int) -> None:

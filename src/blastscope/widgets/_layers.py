@@ -17,6 +17,18 @@ OUTLINE_RGBA = (1.0, 0.95, 0.6, 1.0)
 """Colour of the cells' outlines (pale yellow)."""
 
 
+def viewer_camera(viewer: napari.viewer.Viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
+def viewer_text_overlay(viewer: napari.viewer.Viewer):
+    """The canvas text overlay (``viewer.canvas.overlays["text"]`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays["text"] if canvas is not None else viewer.text_overlay
+
+
 def cells_layer_name(image_layer: Image) -> str:
     """The stable name of the cells layer made from ``image_layer``."""
     return f"{image_layer.name} cells"

@@ -40,7 +40,13 @@ from blastscope.widgets._colours import (
     veil_limits,
     veil_values,
 )
-from blastscope.widgets._layers import RESULT_KEY, SOURCE_KEY, layer_features, show_cells
+from blastscope.widgets._layers import (
+    RESULT_KEY,
+    SOURCE_KEY,
+    layer_features,
+    show_cells,
+    viewer_text_overlay,
+)
 
 SESSION_KEY = "blastscope_session"
 EXACT_DELAY_MS = 150
@@ -502,7 +508,7 @@ class CellsSession:
         veil.refresh()
 
     def _update_demo_notice(self) -> None:
-        overlay = self._viewer.canvas.overlays["text"]
+        overlay = viewer_text_overlay(self._viewer)
         if self.demo:
             overlay.text = DEMO_NOTICE
             overlay.color = (1.0, 0.55, 0.0, 1.0)

@@ -1,0 +1,163 @@
+"""Predict mutation dock, through the plugin manifest on a real viewer (Xvfb): the slide-call
+panel against the core, re-pooling without inference, the mutation-class view, Cancel, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blastscope.models.classifier import load_classifier
+from blastscope.pipeline import SlideCallSettings, mutation_stage, recall_slide, rethreshold
+from blastscope.progress import run_steps
+from blastscope.widgets._session import COLOUR_BY
+from widget_cases import (
+    PLUGIN,
+    add_smear_with_cells,
+    cancel_at_first_progress,
+    isolate_settings,
+    notifications,
+    smear,
+    wait_for,
+    wait_until,
+    write_bundles,
+)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    isolate_settings(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return write_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+def classified_viewer(make_viewer, bundles):
+    """A viewer with the smear's cells classified; returns (viewer, session, classify, mutation
+    docks)."""
+    viewer = make_viewer()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    classify.bundles.folder.value = str(bundles[0])
+    classify.run()
+    wait_for(classify)
+    _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
+    mutation.bundles.folder.value = str(bundles[1])
+    return viewer, session, classify, mutation
+
+
+def assert_same_call(shown, expected) -> None:
+    assert shown.call == expected.call
+    assert shown.reason == expected.reason
+    assert shown.n_blasts == expected.n_blasts
+    assert shown.n_nucleated == expected.n_nucleated
+    for name in expected.classes:
+        assert shown.probabilities[name] == pytest.approx(expected.probabilities[name])
+        assert shown.interval[name] == pytest.approx(expected.interval[name])
+
+
+def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_viewer_proxy, bundles):
+    viewer, session, _, widget = classified_viewer(make_napari_viewer_proxy, bundles)
+    widget.min_blasts.value = 5
+    widget.min_probability.value = 0.2
+    classified = session.result
+    widget.run()
+    wait_for(widget)
+
+    settings = SlideCallSettings(min_blasts=5, min_probability=0.2)
+    expected = run_steps(
+        mutation_stage(
+            smear().image, classified, load_classifier(bundles[1], "mutation"), settings=settings
+        )
+    )
+    call = session.result.slide_call
+    assert_same_call(call, expected.slide_call)
+    features = session.layer.features
+    for name in call.classes:
+        np.testing.assert_allclose(features[f"p_{name}"], expected.cells[f"p_{name}"], atol=1e-6)
+    assert widget.chart.call is call
+    assert (
+        widget.headline.text() == f"Slide call: {call.call} ({call.probabilities[call.call]:.2f})"
+    )
+    assert f"{call.n_blasts} blasts used (minimum 5)" in widget.details.text()
+    assert f"{call.blast_percentage:.1f} % of {call.n_nucleated} nucleated" in widget.details.text()
+    assert session.result.provenance["mutation"]["run"]["params"]["batch_size"] == 256
+
+    widget.colour_by.value = COLOUR_BY[1]
+    colours = viewer.layers[session.colour_layer_name]
+    probabilities = features[[f"p_{name}" for name in call.classes]].to_numpy()
+    row = int(np.flatnonzero(features["is_nucleated"])[0])
+    inside = tuple(np.argwhere(session.result.labels == features["label"].iloc[row])[0])
+    assert colours.data[inside] == probabilities[row].argmax() + 0.5
+    assert tuple(colours.contrast_limits) == (0.0, float(len(call.classes)))
+    assert not colours.colorbar.visible
+
+
+def test_settings_and_threshold_repool_the_call_without_inference(
+    make_napari_viewer_proxy, bundles
+):
+    _, session, classify, widget = classified_viewer(make_napari_viewer_proxy, bundles)
+    widget.min_blasts.value = 5
+    widget.run()
+    wait_for(widget)
+    counted = [
+        (c.forward_calls, c.cells_processed) for c in (classify.classifier, widget.classifier)
+    ]
+    before = session.result
+
+    blasts = before.slide_call.n_blasts
+    widget.min_blasts.value = blasts + 1
+    assert widget.headline.text() == f"No call: insufficient blasts: {blasts} < {blasts + 1}"
+    assert "interval updating" in widget.details.text()
+    wait_until(lambda: session.exact)
+    settings = SlideCallSettings(min_blasts=blasts + 1)
+    assert_same_call(session.result.slide_call, recall_slide(before, settings).slide_call)
+    assert "95% interval" in widget.details.text()
+
+    widget.pooling.value = "geometric"
+    wait_until(lambda: session.exact)
+    settings = SlideCallSettings(pooling="geometric", min_blasts=blasts + 1)
+    assert_same_call(session.result.slide_call, recall_slide(before, settings).slide_call)
+
+    p_blast = session.layer.features["p_blast"].to_numpy()
+    threshold = round(float(np.nanmedian(p_blast)), 3)
+    classify.threshold.value = threshold
+    wait_until(lambda: session.exact)
+    expected = rethreshold(before, threshold, settings)
+    assert_same_call(session.result.slide_call, expected.slide_call)
+    assert session.result.slide_call.n_blasts < blasts
+    assert (
+        session.result.cells["mutation_call"].tolist() == expected.cells["mutation_call"].tolist()
+    )
+    now = [(c.forward_calls, c.cells_processed) for c in (classify.classifier, widget.classifier)]
+    assert now == counted
+
+
+def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy, bundles):
+    viewer = make_napari_viewer_proxy()
+    _, unclassified = add_smear_with_cells(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
+    widget.bundles.folder.value = str(bundles[1])
+    with notifications() as messages:
+        widget.run()
+    assert "Classify blasts first: the mutation model runs on the blasts." in messages
+
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    classify.bundles.folder.value = str(bundles[0])
+    classify.run()
+    wait_for(classify)
+    features = unclassified.layer.features.copy()
+    widget._batch_size.value = 2
+    probe = cancel_at_first_progress(widget, "mutation")
+    widget.run()
+    wait_for(widget)
+    assert probe.clicked.is_set()
+    assert probe.aborted.is_set()
+    total = int(np.ceil(features["is_nucleated"].sum() / 2))
+    assert 1 <= widget.bundles.load().forward_calls < total
+    assert unclassified.layer.features.equals(features)
+    assert unclassified.result.slide_call is None
+    assert widget.headline.text() == "No slide call yet"
