@@ -1,0 +1,130 @@
+"""Edit and re-classify dock, through the plugin manifest on a real viewer (Xvfb): a painted cell
+is measured and classified again (only the edited cells), by the button and automatically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from blastscope.edits import edited_cells, reclassify_stage
+from blastscope.models.classifier import load_classifier
+from blastscope.progress import run_steps
+from widget_cases import (
+    PLUGIN,
+    add_smear_with_cells,
+    isolate_settings,
+    notifications,
+    smear,
+    wait_for,
+    wait_until,
+    write_bundles,
+)
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    isolate_settings(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return write_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+def analysed_viewer(make_viewer, bundles):
+    """(viewer, session, classify, mutation, edit docks): the smear classified, mutation run."""
+    viewer = make_viewer()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    classify.bundles.folder.value = str(bundles[0])
+    classify.run()
+    wait_for(classify)
+    _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
+    mutation.bundles.folder.value = str(bundles[1])
+    mutation.min_blasts.value = 5
+    mutation.run()
+    wait_for(mutation)
+    _, edit = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit and re-classify")
+    return viewer, session, classify, mutation, edit
+
+
+def deepest_pixel(labels: np.ndarray, label: int) -> tuple[int, int]:
+    mask = labels == label
+    return np.unravel_index(np.argmax(ndi.distance_transform_edt(mask)), mask.shape)
+
+
+def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_proxy, bundles):
+    _, session, classify, mutation, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+    before = session.result
+    features = session.layer.features
+    label = int(features.loc[features["is_nucleated"], "label"].iloc[2])
+    new_label = int(before.labels.max()) + 1
+    layer = session.layer
+    layer.brush_size = 14
+    layer.paint(deepest_pixel(before.labels, label), new_label)  # split the cell in two
+    painted = np.array(layer.data, copy=True)
+    edits = edited_cells(before.labels, painted)
+    assert edits.changed.tolist() == [label, new_label]
+    assert "cells edited" in edit.status.value
+    classifiers = (classify.classifier, mutation.classifier)
+    counted = [(c.forward_calls, c.cells_processed) for c in classifiers]
+
+    edit.run_button.native.click()
+    wait_for(edit)
+
+    expected = run_steps(
+        reclassify_stage(
+            smear().image,
+            before,
+            painted,
+            load_classifier(bundles[0], "blast"),
+            load_classifier(bundles[1], "mutation"),
+            threshold=session.threshold,
+        )
+    )
+    pd.testing.assert_frame_equal(session.result.cells, expected.cells, check_exact=False)
+    assert session.result.slide_call.n_blasts == expected.slide_call.n_blasts
+    np.testing.assert_array_equal(session.result.labels, painted)
+    np.testing.assert_array_equal(layer.data, painted)
+    nucleated = int(expected.cells.set_index("label").loc[edits.changed, "is_nucleated"].sum())
+    assert nucleated >= 1
+    for (calls, cells), classifier in zip(counted, classifiers, strict=True):
+        assert classifier.forward_calls == calls + 1
+        assert classifier.cells_processed == cells + nucleated
+    untouched = ~before.cells["label"].isin(edits.changed)
+    kept = session.result.cells.set_index("label").loc[before.cells.loc[untouched, "label"]]
+    pd.testing.assert_frame_equal(
+        kept.reset_index(), before.cells.loc[untouched].reset_index(drop=True)
+    )
+    assert new_label in layer.features["label"].tolist()
+    assert edit.status.value == "2 cells re-classified, 0 removed"
+
+
+def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy, bundles):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+    edit.delay_ms.value = 200
+    edit.auto.value = True
+    features = session.layer.features
+    label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
+    count = len(features)
+    session.layer.fill(deepest_pixel(session.result.labels, label), 0)
+    wait_until(lambda: len(session.layer.features) == count - 1)
+    wait_for(edit)
+    assert label not in session.layer.features["label"].tolist()
+    assert label not in session.result.labels
+    assert edit.status.value == "0 cells re-classified, 1 removed"
+    assert session.result.provenance["edits"][-1] == {"changed": [], "removed": [label]}
+
+
+def test_reclassify_without_edits_says_so(make_napari_viewer_proxy, bundles):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+    before = session.result
+    with notifications() as messages:
+        edit.run_button.native.click()
+    assert messages == []
+    assert edit.status.value == "no edited cell: the table is up to date"
+    assert session.result is before
