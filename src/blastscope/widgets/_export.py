@@ -12,7 +12,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, LineEdit, ProgressBa
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 
-from blastscope.export import ALL_FORMATS, DEFAULT_FORMATS, export_result
+from blastscope.export import ALL_FORMATS, DEFAULT_FORMATS, export_paths, export_result
 from blastscope.io import to_rgb_uint8
 from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult
@@ -133,6 +133,14 @@ class ExportWidget(SessionDock):
             formats = self.chosen_formats()
             if not formats:
                 raise ValueError("Tick at least one format to export.")
+            stem = self.stem.value or file_stem(image.name)
+            targets = export_paths(folder, stem)
+            existing = [targets[name] for name in (*formats, "run") if targets[name].exists()]
+            if existing and not self.overwrite.value:
+                raise ValueError(
+                    f"{existing[0]} already exists: tick 'replace existing files', or choose "
+                    "another folder or file name."
+                )
             result = session.flush()
         except ValueError as error:
             show_error(str(error))
@@ -141,7 +149,7 @@ class ExportWidget(SessionDock):
             result,
             image_rgb(image),
             Path(folder),
-            stem=self.stem.value or file_stem(image.name),
+            stem=stem,
             formats=formats,
             overwrite=self.overwrite.value,
             include_non_nucleated=self.include_non_nucleated.value,

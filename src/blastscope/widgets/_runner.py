@@ -39,6 +39,8 @@ class StageRunner:
         self._cancel_button.changed.connect(self.cancel)
         self.worker: GeneratorWorker | None = None
         self._activity: progress | None = None
+        self._closed = False
+        run_button.native.destroyed.connect(self._dock_closed)
 
     @property
     def running(self) -> bool:
@@ -76,7 +78,15 @@ class StageRunner:
             self._bar.label = "cancelling…"
             self.worker.quit()
 
+    def _dock_closed(self, *args) -> None:
+        """The dock was closed: stop the run, and touch its widgets no more."""
+        self._closed = True
+        if self.worker is not None:
+            self.worker.quit()
+
     def _on_progress(self, event: Progress) -> None:
+        if self._closed:
+            return
         total = max(int(event.total), 0)
         self._bar.max = total
         self._bar.value = min(int(event.done), total)
@@ -97,6 +107,8 @@ class StageRunner:
         if self._activity is not None:
             self._activity.close()
             self._activity = None
+        if self._closed:
+            return
         self._run_button.enabled = True
         self._cancel_button.enabled = False
         self._bar.visible = False
