@@ -226,6 +226,12 @@ class CellsSession:
         nucleated = int(features["is_nucleated"].sum()) if "is_nucleated" in features else 0
         return {"cells": len(features), "nucleated": nucleated, "blasts": blasts}
 
+    def override_codes(self) -> np.ndarray:
+        """The users' calls per row (int8: 1 blast, 0 non-blast, -1 none), a copy."""
+        if self._arrays is None:
+            return np.empty(0, np.int8)
+        return self._arrays.override.copy()
+
     def row_of(self, label: int) -> int | None:
         """The row of the cells table (and of ``features``) of cell ``label``, else None."""
         if self._arrays is None:
@@ -342,9 +348,7 @@ class CellsSession:
         return self.result
 
     def _compute_exact(self) -> SlideResult:
-        return exact_result(
-            self.result, self.threshold, self._arrays.override.copy(), self.settings
-        )
+        return exact_result(self.result, self.threshold, self.override_codes(), self.settings)
 
     def _start_exact(self) -> None:
         if self._worker is not None or self.exact:
@@ -354,7 +358,7 @@ class CellsSession:
             exact_result,
             self.result,
             self.threshold,
-            self._arrays.override.copy(),
+            self.override_codes(),
             self.settings,
             _start_thread=False,
             _ignore_errors=True,
