@@ -104,6 +104,8 @@ class CancelProbe:
 
     clicked: threading.Event = field(default_factory=threading.Event)
     aborted: threading.Event = field(default_factory=threading.Event)
+    events: list = field(default_factory=list)
+    """Every progress event the stage yielded (recorded in the worker thread)."""
 
 
 def cancel_at_first_progress(widget, stage: str) -> CancelProbe:
@@ -114,6 +116,7 @@ def cancel_at_first_progress(widget, stage: str) -> CancelProbe:
     first = threading.Event()
 
     def in_worker_thread(event) -> None:
+        probe.events.append(event)
         if event.stage == stage and not first.is_set():
             first.set()
             probe.clicked.wait(30)

@@ -24,10 +24,6 @@ from blastscope.widgets._layers import (
 from blastscope.widgets._session import CellsSession, session_for
 
 DEMO_TEXT = "⚠ Demonstration model, not for diagnosis (trained on synthetic smears)."
-GREY_NOTICE = (
-    "Single-channel image: blastscope analyses it as grey RGB, but its models were made for "
-    "stained colour smears, so their probabilities may not hold."
-)
 
 
 def demo_label() -> Label:
@@ -37,6 +33,14 @@ def demo_label() -> Label:
     label.native.setWordWrap(True)
     label.visible = False
     return label
+
+
+def conversion_notices(image: Image) -> list[str]:
+    """What the core will convert in this image (a single channel, RGBA, 16 bits, ...)."""
+    pixels = image_rgb(image)
+    if image.rgb and pixels.dtype == np.uint8 and pixels.shape[-1] == 3:
+        return []
+    return to_rgb_uint8(pixels)[1]
 
 
 class SessionDock(Container):
@@ -115,8 +119,8 @@ class SessionDock(Container):
                 "Choose a cells layer: segment the image first (Plugins > blastscope > Segment "
                 "cells) or open a labels image or a QuPath GeoJSON of the cells."
             )
-        if not image.rgb:
-            show_warning(GREY_NOTICE)
+        for notice in conversion_notices(image):
+            show_warning(notice)
         return image, cells
 
     def current_steps(self, image: Image, cells: Labels) -> tuple[np.ndarray, Steps[SlideResult]]:
