@@ -56,6 +56,7 @@ import cv2
 import numpy as np
 import torch
 from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
 
 from blastscope.devices import resolve_device
 from blastscope.io import to_rgb_uint8
@@ -611,10 +612,12 @@ def _masks(
 
     Following the flows costs pixels x iterations, so for an image finer than the network's
     scale the outputs are shrunk by ``mask_scale`` (as Cellpose does with ``resample=False``),
-    the masks computed there with ``niter`` iterations and enlarged back (nearest neighbour);
-    masks under ``min_size_px`` image pixels are then dropped.
+    the masks computed there with ``niter`` iterations and enlarged back (outlines redrawn on
+    the full-resolution cell probability); masks under ``min_size_px`` image pixels are then
+    dropped.
     """
     height, width = cellprob.shape
+    full_cellprob = cellprob
     small = (max(1, round(height * mask_scale)), max(1, round(width * mask_scale)))
     if small != (height, width):
         dP = np.stack([_resize(channel, small) for channel in dP.astype(np.float32)])
@@ -628,13 +631,29 @@ def _masks(
         device=device,
     )
     if small != (height, width):
-        labels = _resize_nearest(labels, (height, width))
+        labels = _smooth_enlarge(labels, full_cellprob, params.cellprob_threshold, mask_scale)
     if params.min_size_px > 0 and labels.any():
         sizes = np.bincount(labels.ravel())
         small_ids = sizes < params.min_size_px
         small_ids[0] = False
         labels = np.where(small_ids[labels], 0, labels)
     return labels
+
+
+def _smooth_enlarge(
+    labels: np.ndarray, cellprob: np.ndarray, cellprob_threshold: float, mask_scale: float
+) -> np.ndarray:
+    """Enlarge labels computed at the network's scale to ``cellprob``'s (Y, X) shape.
+
+    Nearest-neighbour enlargement gives blocky outlines, so each cell's outer edge is redrawn
+    along the full-resolution cell probability: pixels below ``cellprob_threshold`` are cleared
+    and pixels above it within one enlarged block of a cell join that cell.
+    """
+    enlarged = _resize_nearest(labels, cellprob.shape)
+    foreground = cellprob.astype(np.float32) > cellprob_threshold
+    enlarged[~foreground] = 0
+    grown = expand_labels(enlarged, distance=math.ceil(1.0 / mask_scale))
+    return np.where(foreground & (enlarged == 0), grown, enlarged)
 
 
 def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
