@@ -4,12 +4,16 @@ BCCD (``../shared/data/bccd_smear``) annotates white cells, red cells and platel
 only, and boxes only some of the red cells. :func:`derive_masks` turns a field and its boxes into
 an instance label image of *every* cell:
 
-- **white cells**: GrabCut inside the box, seeded with the nucleus (pixels whose nuclear-stain
-  index, :func:`blastscope.cells.nuclear_stain_index`, is high) as certain foreground and
-  everything outside the box as certain background; the result is the component that holds the
-  nucleus, holes filled, smoothed and clipped to the box. Where GrabCut's mask disagrees with the
-  box (bounding-box IoU below ``min_box_iou``) the mask falls back to the stained foreground
-  inside the ellipse inscribed in the box, which follows the annotator's extent.
+- **white cells**: GrabCut around the box, seeded with the nucleus (pixels whose nuclear-stain
+  index, :func:`blastscope.cells.nuclear_stain_index`, is high) as certain foreground, the
+  ellipse inscribed in the box (minus pink red-cell pixels) as probable foreground, the rest of
+  the box as probable background and everything outside it as certain background; the result
+  is the component that holds the nucleus, holes filled, smoothed and clipped to the box. Where
+  GrabCut's mask disagrees with the box (bounding-box IoU below ``min_box_iou``, usually a pale
+  cytoplasm lost) the mask is the ellipse inscribed in the box, which follows the annotator's
+  extent; a box cut by the field border is first extended past the border to a round cell's
+  size, so the ellipse is cut by the border as the cell is. (Measured on 40 train fields: the
+  masks' bounding boxes match their boxes at median IoU 0.88, all >= 0.7.)
 - **platelets**: the stained component inside each platelet box.
 - **red cells**: the remaining stained foreground (optical density above the field's Li level,
   holes up to 0.4 red cells filled so the pale centres count). A component that is one convex
