@@ -84,6 +84,7 @@ class ClassifyWidget(SessionDock):
         )
         self.threshold.enabled = False
         self._counts = Label(value="")
+        self._counts.native.setWordWrap(True)
         self._demo = demo_label()
         self.extend(
             [

@@ -242,7 +242,7 @@ class FeaturesTable(QTableView):
         else:
             row = self.model_.row_of_frame_row(frame_row)
             self.selectRow(row)
-            self.scrollTo(self.model_.index(row, 0))
+            self.scrollTo(self.model_.index(row, 0), QAbstractItemView.ScrollHint.PositionAtCenter)
         self._quiet = False
 
     def _selection_changed(self, *args) -> None:

@@ -41,10 +41,11 @@ class SegmentWidget(Container):
         self._viewer = napari_viewer
         defaults = SegmentationParams()
         self._image = create_widget(annotation=Image, label="image")
+        models = segmenter_choices()
         self._model = ComboBox(
             label="model",
-            choices=segmenter_choices(),
-            value=defaults.model,
+            choices=models,
+            value=defaults.model if defaults.model in models else models[0],
             tooltip="A shipped model, or a Cellpose model name (downloaded on first use).",
         )
         self._model_file = FileEdit(

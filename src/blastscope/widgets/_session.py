@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import napari
 import numpy as np
 import pandas as pd
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error
 from psygnal import Signal
@@ -56,6 +56,7 @@ COLOUR_BY = ("p_blast", "mutation class")
 OVERRIDE_KEYS = {"Shift-B": True, "Shift-N": False, "Shift-C": None}
 UNDO_KEY = "Shift-U"
 CELL_OPACITY = 0.6
+MARKER_RGBA = (1.0, 0.2, 0.2, 1.0)
 
 
 @dataclass
@@ -246,9 +247,11 @@ class CellsSession:
         self._generation += 1
         previous = self._arrays
         self._arrays = CellArrays.of(result)
+        self._bounding_boxes = None
         if previous is None or not np.array_equal(previous.labels, self._arrays.labels):
             self.override_history.clear()
-            self._bounding_boxes = None
+        if self.row_of(self.selected_label) is None:
+            self.selected_label = 0
         blast = result.provenance.get("blast", {})
         self.threshold = blast.get("threshold") if self.classified else None
         if result.slide_call is not None:
@@ -260,6 +263,7 @@ class CellsSession:
         self.preview_call = None
         self._update_colour_layers()
         self._update_demo_notice()
+        self._mark_selected()
         self.changed.emit()
 
     # ----------------------------------------------------------------- fast changes
@@ -388,9 +392,52 @@ class CellsSession:
 
     # ----------------------------------------------------------------- selection
     def select(self, label: int) -> None:
-        """Make cell ``label`` the inspected one (0: none)."""
+        """Make cell ``label`` the inspected one (0: none) and ring it on the canvas."""
         self.selected_label = int(label)
+        self._mark_selected()
         self.selected.emit(self.selected_label)
+
+    @property
+    def marker_layer_name(self) -> str:
+        return f"{self._base_name} selected cell"
+
+    def _cell_box(self, label: int) -> tuple[slice, slice] | None:
+        labels = self.result.labels
+        if self._bounding_boxes is None:
+            self._bounding_boxes = ndi.find_objects(labels)
+        if not 0 < label <= len(self._bounding_boxes):
+            return None
+        return self._bounding_boxes[label - 1]
+
+    def _mark_selected(self) -> None:
+        layers = self._viewer.layers
+        name = self.marker_layer_name
+        box = self._cell_box(self.selected_label) if self.result is not None else None
+        if box is None:
+            if name in layers:
+                layers.remove(layers[name])
+            return
+        rows, cols = box
+        top, left, bottom, right = rows.start - 3, cols.start - 3, rows.stop + 2, cols.stop + 2
+        corners = np.array(
+            [[top, left], [top, right], [bottom, right], [bottom, left]], dtype=float
+        )
+        if name in layers and isinstance(layers[name], Shapes):
+            marker = layers[name]
+            marker.data = [corners]
+            marker.shape_type = ["ellipse"]
+        else:
+            self._viewer.add_shapes(
+                [corners],
+                shape_type="ellipse",
+                name=name,
+                edge_color=np.array([MARKER_RGBA]),
+                face_color="transparent",
+                edge_width=3,
+                scale=self.layer.scale,
+                translate=self.layer.translate,
+            )
+        layers.selection.active = self.layer
 
     def _on_click(self, layer: Labels, event):
         if layer.mode != "pan_zoom":
@@ -497,15 +544,11 @@ class CellsSession:
 
     def _update_veil_cell(self, row: int) -> None:
         veil = self._overlay(self.veil_layer_name)
-        if veil is None:
+        label = int(self._arrays.labels[row])
+        box = self._cell_box(label)
+        if veil is None or box is None:
             return
         labels = self.result.labels
-        if self._bounding_boxes is None:
-            self._bounding_boxes = ndi.find_objects(labels)
-        label = int(self._arrays.labels[row])
-        box = self._bounding_boxes[label - 1] if label <= len(self._bounding_boxes) else None
-        if box is None:
-            return
         rows = slice(row, row + 1)
         value = veil_values(self._arrays.p_blast[rows], self._arrays.override[rows])[0]
         veil.data[box][labels[box] == label] = value

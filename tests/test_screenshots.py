@@ -1,0 +1,90 @@
+"""Screenshots of each dock's result on the synthetic NPM1 sample, opened through the plugin's
+sample data and analysed through the tabbed dock (Xvfb). They are written to docs/screenshots/
+(committed; the README shows one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtWidgets import QApplication
+
+from widget_cases import PLUGIN, isolate_settings, wait_for, wait_until, write_bundles
+
+pytestmark = pytest.mark.gui
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+WINDOW_SIZE = (1500, 950)
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    isolate_settings(monkeypatch, tmp_path)
+
+
+def save(viewer, name: str) -> np.ndarray:
+    for _ in range(5):
+        QApplication.processEvents()
+    path = SCREENSHOTS / f"{name}.png"
+    shot = viewer.screenshot(str(path), canvas_only=False, flash=False)
+    assert path.is_file()
+    return shot
+
+
+def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    blast, mutation = write_bundles(tmp_path / "bundles")
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.window.resize(*WINDOW_SIZE)
+    (image,) = viewer.open_sample(PLUGIN, "synthetic_npm1")
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "blastscope (all steps)")
+    shots = {}
+
+    dock.setCurrentIndex(0)
+    dock.segment.run()
+    wait_for(dock.segment)
+    assert viewer.layers["synthetic smear (NPM1) cells"].features["is_nucleated"].sum() > 20
+    shots["segment"] = save(viewer, "segment")
+
+    dock.setCurrentIndex(1)
+    dock.classify.bundles.folder.value = str(blast)
+    dock.classify.run()
+    wait_for(dock.classify)
+    session = dock.classify.session
+    p_blast = session.layer.features["p_blast"].to_numpy()
+    dock.classify.threshold.value = round(float(np.nanmedian(p_blast)), 3)
+    wait_until(lambda: session.exact)
+    shots["classify"] = save(viewer, "classify")
+
+    dock.setCurrentIndex(2)
+    dock.mutation.bundles.folder.value = str(mutation)
+    dock.mutation.min_blasts.value = 5
+    dock.mutation.min_probability.value = 0.2
+    dock.mutation.run()
+    wait_for(dock.mutation)
+    shots["mutation"] = save(viewer, "mutation")
+    dock.mutation.colour_by.value = "mutation class"
+    shots["mutation_classes"] = save(viewer, "mutation_classes")
+    dock.mutation.colour_by.value = "p_blast"
+
+    dock.setCurrentIndex(3)
+    features = session.layer.features
+    label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
+    row = session.row_of(label)
+    dock.inspector.table.select_frame_row(row)
+    dock.inspector._row_selected(row)
+    session.set_override(label, not bool(features["is_blast"].iloc[row]))
+    shots["inspector"] = save(viewer, "inspector")
+
+    dock.setCurrentIndex(5)
+    dock.export.folder.value = str(tmp_path / "export")
+    dock.export.run()
+    wait_for(dock.export)
+    shots["export"] = save(viewer, "export")
+
+    assert image.name == "synthetic smear (NPM1)"
+    for name, shot in shots.items():
+        assert shot.shape[0] >= 600, name
+        assert shot.shape[1] >= 1000, name
+        assert shot[..., :3].std() > 20, name
