@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from napari.utils.status_messages import format_feature_value
 
-from blastscope.models.classifier import load_classifier
+from blastscope.models.classifier import load_classifier, write_random_classifier
 from blastscope.pipeline import classify_stage, rethreshold
 from blastscope.progress import run_steps
+from blastscope.widgets._base import DEMO_TEXT
 from blastscope.widgets._colours import VEIL_RGBA
+from blastscope.widgets._session import DEMO_NOTICE
 from widget_cases import (
     PLUGIN,
     add_smear,
@@ -192,3 +194,18 @@ def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy, bundl
     status = session.layer.get_status(world, world=True)["coordinates"]
     assert f"p_blast: {format_feature_value(row['p_blast'])}" in status
     assert status.index("p_blast") < status.index("area_px")
+
+
+def test_a_demo_bundle_shows_the_not_for_diagnosis_notice(make_napari_viewer_proxy, tmp_path):
+    demo = write_random_classifier(tmp_path / "demo-blast", "blast", demo=True)
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    widget = classify_dock(viewer, demo)
+    assert not widget._demo.native.isHidden()  # shown (the test window itself is hidden)
+    assert widget._demo.value == DEMO_TEXT
+    widget.run()
+    wait_for(widget)
+    assert session.demo
+    notice = viewer.canvas.overlays["text"]
+    assert notice.visible
+    assert notice.text == DEMO_NOTICE

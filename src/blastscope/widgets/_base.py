@@ -63,7 +63,8 @@ class SessionDock(Container):
         if self._image is not None:
             self._image.reset_choices()
         self._cells.reset_choices()
-        self._pick_cells_of_image()
+        if self._cells.value is None:
+            self._pick_cells_of_image()
         self._follow()
 
     def _pick_cells_of_image(self, *args) -> None:
