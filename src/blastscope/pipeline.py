@@ -43,13 +43,14 @@ class SlideCallSettings:
 class PipelineConfig:
     """Everything the pipeline needs besides the image; defaults are the shipped models.
 
-    ``blast_model`` / ``mutation_model`` are shipped bundle names or bundle directories; ``None``
-    skips that stage. ``blast_threshold`` ``None`` takes the bundle's default.
+    ``blast_model`` / ``mutation_model`` are loaded classifiers, shipped bundle names or bundle
+    directories; ``None`` skips that stage. Load them once (:func:`loaded`) before many images.
+    ``blast_threshold`` ``None`` takes the bundle's default.
     """
 
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
-    blast_model: str | None = DEFAULT_BLAST_MODEL
-    mutation_model: str | None = DEFAULT_MUTATION_MODEL
+    blast_model: Classifier | str | None = DEFAULT_BLAST_MODEL
+    mutation_model: Classifier | str | None = DEFAULT_MUTATION_MODEL
     blast_threshold: float | None = None
     device: str = "auto"
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -136,6 +137,19 @@ def as_classifier(model: Classifier | str, kind: str) -> Classifier:
     if isinstance(model, Classifier):
         return model
     return load_classifier(model, kind)
+
+
+def loaded(config: PipelineConfig) -> PipelineConfig:
+    """``config`` with its classifiers loaded, so bundle errors surface before any image."""
+    return replace(
+        config,
+        blast_model=None
+        if config.blast_model is None
+        else as_classifier(config.blast_model, "blast"),
+        mutation_model=None
+        if config.mutation_model is None
+        else as_classifier(config.mutation_model, "mutation"),
+    )
 
 
 def _bundle_record(classifier: Classifier) -> dict:
