@@ -127,8 +127,9 @@ def cancel_at_first_progress(widget, stage: str) -> CancelProbe:
             probe.clicked.set()
 
     def connect(worker) -> None:
-        worker.yielded.connect(in_worker_thread, Qt.ConnectionType.DirectConnection)
+        # The queued slot first: Qt calls slots in connection order, and the direct one blocks.
         worker.yielded.connect(in_ui_thread)
+        worker.yielded.connect(in_worker_thread, Qt.ConnectionType.DirectConnection)
         worker.aborted.connect(probe.aborted.set)
         widget.runner.started.disconnect(connect)
 
