@@ -28,6 +28,7 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 from scipy import ndimage as ndi
 
+from blastscope.models.classifier import Classifier
 from blastscope.pipeline import SlideCallSettings, rethreshold
 from blastscope.result import SlideResult
 from blastscope.slide_call import SlideCall, call_slide
@@ -176,8 +177,8 @@ class CellsSession:
         self.exact = True
         self.preview_call: SlideCall | None = None
         self.override_history: list[tuple[int, bool | None]] = []
-        self.blast_classifier = None
-        self.mutation_classifier = None
+        self.blast_classifier: Classifier | None = None
+        self.mutation_classifier: Classifier | None = None
         self._arrays: CellArrays | None = None
         self._bounding_boxes: list | None = None
         self._generation = 0
