@@ -1,0 +1,126 @@
+"""The blastscope command line on shipped models and samples: run, batch, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pandas as pd
+import pytest
+
+from blastscope import __version__
+from blastscope.cli import main
+from blastscope.synthetic import MUTATION_CLASSES, generate_field
+
+FIELD_SHAPE = (384, 384)
+
+
+@pytest.fixture(scope="module")
+def slides_folder(tmp_path_factory):
+    """Two single-image slides, a slide folder of two fields and a corrupt image."""
+    folder = tmp_path_factory.mktemp("slides")
+    for seed, name in ((1, "alpha.png"), (2, "beta.png")):
+        iio.imwrite(folder / name, generate_field(seed, shape=FIELD_SHAPE).image)
+    (folder / "gamma").mkdir()
+    for seed in (3, 4):
+        field = generate_field(seed, shape=FIELD_SHAPE, mutation="NPM1")
+        iio.imwrite(folder / "gamma" / f"field{seed}.png", field.image)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return folder
+
+
+def _summary(out):
+    return pd.read_csv(out / "summary.csv").set_index("slide_id")
+
+
+def test_run_writes_every_export_and_prints_the_call(slides_folder, tmp_path, capsys):
+    code = main(["run", str(slides_folder / "alpha.png"), "--out", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "alpha: done" in printed
+    assert "slide call:" in printed
+    names = {path.name for path in (tmp_path / "alpha").iterdir()}
+    expected = {"alpha.geojson", "alpha_cells.csv", "alpha_labels.ome.tif", "alpha_overlay.png"}
+    assert expected | {"alpha_report.html", "alpha_run.json", "slide.json"} <= names
+    cells = pd.read_csv(tmp_path / "alpha" / "alpha_cells.csv")
+    assert {"p_blast", "is_blast", "p_NPM1", "mutation_call"} <= set(cells.columns)
+
+
+def test_run_refuses_to_overwrite_without_the_flag(slides_folder, tmp_path, capsys):
+    arguments = ["run", str(slides_folder / "beta.png"), "--out", str(tmp_path)]
+    assert main([*arguments, "--formats", "csv"]) == 0
+    assert main([*arguments, "--formats", "csv"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main([*arguments, "--formats", "csv", "--overwrite"]) == 0
+
+
+def test_batch_reports_a_corrupt_image_and_finishes_the_others(slides_folder, tmp_path, capsys):
+    code = main(["batch", str(slides_folder), "--out", str(tmp_path), "--json"])
+    assert code == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["failed"] == 1
+    assert "error: broken: Could not read broken.png" in captured.err
+    summary = _summary(tmp_path)
+    assert summary.loc["broken", "status"] == "failed"
+    assert set(summary.loc[["alpha", "beta", "gamma"], "status"]) == {"done"}
+    assert summary.loc["gamma", "n_fields"] == 2
+    assert summary.loc["gamma", "call"] in {"no call", *MUTATION_CLASSES}
+    gamma = json.loads((tmp_path / "gamma" / "slide.json").read_text())
+    assert gamma["counts"]["cells"] == sum(
+        len(pd.read_csv(tmp_path / "gamma" / f"field{seed}_cells.csv")) for seed in (3, 4)
+    )
+
+    done_file = tmp_path / "alpha" / "alpha_cells.csv"
+    stamp = done_file.stat().st_mtime_ns
+    assert main(["batch", str(slides_folder), "--out", str(tmp_path)]) == 1
+    summary = _summary(tmp_path)
+    assert set(summary.loc[["alpha", "beta", "gamma"], "status"]) == {"skipped"}
+    assert summary.loc["gamma", "call"] == (gamma["slide_call"]["call"] or "no call")
+    assert done_file.stat().st_mtime_ns == stamp
+
+    (slides_folder / "broken.png").rename(slides_folder / "broken.bak")
+    try:
+        assert main(["batch", str(slides_folder), "--out", str(tmp_path), "--force"]) == 0
+    finally:
+        (slides_folder / "broken.bak").rename(slides_folder / "broken.png")
+    assert set(_summary(tmp_path)["status"]) == {"done"}
+    assert done_file.stat().st_mtime_ns != stamp
+
+
+def test_unwritable_output_folder_is_an_error_with_its_path(slides_folder, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["run", str(slides_folder / "alpha.png"), "--out", str(blocker)])
+    assert code == 1
+    assert "a-file" in capsys.readouterr().err
+
+
+def test_missing_inputs_and_models_name_the_problem(slides_folder, tmp_path, capsys):
+    assert main(["batch", str(tmp_path / "nothing-here"), "--out", str(tmp_path)]) == 1
+    assert "No file or folder at" in capsys.readouterr().err
+    image = str(slides_folder / "alpha.png")
+    assert main(["run", image, "--out", str(tmp_path), "--blast-model", "no-such-model"]) == 1
+    assert "No model bundle named or found at 'no-such-model'" in capsys.readouterr().err
+    assert main(["run", image, "--out", str(tmp_path), "--device", "cuda"]) == 1
+    assert "not available on this machine" in capsys.readouterr().err
+
+
+def test_models_list_shows_the_shipped_bundles_and_their_provenance(capsys):
+    assert main(["models", "list", "--json"]) == 0
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert {"smear-cellpose", "blast-demo", "mutation-demo"} <= set(rows)
+    assert rows["blast-demo"]["demo"] is True
+    assert rows["blast-demo"]["command"].startswith("blastscope train blast")
+    assert main(["models", "list"]) == 0
+    assert "not for diagnosis" in capsys.readouterr().out
+
+
+def test_the_installed_command_reports_its_version():
+    completed = subprocess.run(
+        [sys.executable, "-m", "blastscope.cli", "--version"], capture_output=True, text=True
+    )
+    assert completed.returncode == 0
+    assert completed.stdout.strip() == f"blastscope {__version__}"
