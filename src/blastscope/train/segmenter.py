@@ -200,7 +200,7 @@ def train_segmenter_steps(config: SegmenterTrainingConfig) -> Generator[Progress
     if config.widths[0] != 3 or len(config.widths) < 3:
         raise ValueError(
             f"--widths must start with 3 (RGB input) and have at least 3 entries, got "
-            f"{list(config.widths)}; the shipped model uses 3,16,32,64,128."
+            f"{list(config.widths)}; the shipped model uses 3,8,16,32,64."
         )
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("--epochs and --batch-size must be at least 1.")
@@ -211,6 +211,7 @@ def train_segmenter_steps(config: SegmenterTrainingConfig) -> Generator[Progress
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     started = time.time()
+    commit = _git_commit()
     images = yield from _training_images(config)
     diam_labels = float(np.median([_median_diameter(item.labels) for item in images]))
     diam_mean = float(round(diam_labels))
@@ -219,13 +220,10 @@ def train_segmenter_steps(config: SegmenterTrainingConfig) -> Generator[Progress
     targets = _flow_targets(images, device)
     losses = yield from _train(net, images, targets, config, device)
     training_minutes = (time.time() - started) / 60
-    metadata = _metadata(config, images, net, diam_mean, diam_labels, losses, training_minutes)
-    path = save_bundle(
-        config.out,
-        {key: value for key, value in net.state_dict().items()},
-        metadata,
-        overwrite=config.overwrite,
+    metadata = _metadata(
+        config, images, net, diam_mean, diam_labels, losses, training_minutes, commit
     )
+    path = save_bundle(config.out, net.state_dict(), metadata, overwrite=config.overwrite)
     metrics = yield from _evaluate(path, config)
     metadata["metrics"] = metrics
     return save_bundle(config.out, net.state_dict(), metadata, overwrite=True)
@@ -433,6 +431,7 @@ def _metadata(
     diam_labels: float,
     losses: list[float],
     minutes: float,
+    commit: str | None,
 ) -> dict[str, Any]:
     sources = pd.Series([item.source.split(":")[0] for item in images]).value_counts()
     settings = asdict(config)
@@ -464,7 +463,7 @@ def _metadata(
         },
         "training": {
             "command": config.command,
-            "git_commit": _git_commit(),
+            "git_commit": commit,
             "seed": config.seed,
             "settings": settings,
             "data": {
@@ -489,6 +488,7 @@ def _metadata(
 
 
 def _git_commit() -> str | None:
+    """The repository's HEAD when training starts (None outside a git checkout)."""
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"],
