@@ -153,8 +153,10 @@ class SmearPreset:
 
     Difficulty: ``large_lymphocyte_fraction`` of lymphocytes are large (paler, more cytoplasm,
     finer chromatin: blast look-alikes); ``blastlike_monocyte_fraction`` of monocytes have a
-    round unfolded nucleus; ``blast_typicality`` is Beta(a, b) of how textbook a blast looks
-    (low: smaller, coarser chromatin, faint or no nucleoli, more cytoplasm).
+    round unfolded nucleus; ``lookalike_similarity`` (0..1) how far these look-alikes drift
+    towards a blast's nuclear hue, chromatin, nucleoli and cytoplasm; ``blast_typicality`` is
+    Beta(a, b) of how textbook a blast looks (low: smaller, more mature nuclear hue, coarser
+    chromatin, faint or no nucleoli).
 
     Mutation features: a blast shows none with probability ``feature_absent_fraction``, else a
     strength ``feature_strength · Beta(*feature_strength_beta)`` clipped to 1;
@@ -174,7 +176,7 @@ class SmearPreset:
     pixel_size_jitter: float = 0.15
     cell_scale_jitter: float = 0.05
     diameter_um: Mapping[str, tuple[float, float]] = field(default_factory=_default_diameters)
-    large_lymphocyte_diameter_um: tuple[float, float] = (11.5, 1.0)
+    large_lymphocyte_diameter_um: tuple[float, float] = (12.5, 1.3)
     nucleated_per_10k_um2: tuple[float, float] = (9.0, 16.0)
     rbc_coverage: tuple[float, float] = (0.55, 0.85)
     platelets_per_10k_um2: tuple[float, float] = (2.0, 6.0)
@@ -184,12 +186,13 @@ class SmearPreset:
     blast_fraction: tuple[float, float] = (0.2, 0.8)
     crenated_rbc_fraction: float = 0.025
     pale_rbc_fraction: float = 0.08
-    large_lymphocyte_fraction: float = 0.3
-    blastlike_monocyte_fraction: float = 0.3
-    blast_typicality: tuple[float, float] = (4.0, 1.6)
+    large_lymphocyte_fraction: float = 0.35
+    blastlike_monocyte_fraction: float = 0.4
+    lookalike_similarity: float = 0.85
+    blast_typicality: tuple[float, float] = (3.0, 1.5)
     feature_strength: float = 1.0
-    feature_strength_beta: tuple[float, float] = (2.0, 2.5)
-    feature_absent_fraction: float = 0.3
+    feature_strength_beta: tuple[float, float] = (2.5, 2.0)
+    feature_absent_fraction: float = 0.25
     abnormal_eosinophil_fraction: float = 0.6
     cbfb_eosinophil_boost: float = 3.0
     stain_jitter: float = 0.12
@@ -244,6 +247,7 @@ def _preset_problems(preset: SmearPreset) -> list[str]:
         "crenated_rbc_fraction",
         "pale_rbc_fraction",
         "large_lymphocyte_fraction",
+        "lookalike_similarity",
         "blastlike_monocyte_fraction",
         "feature_absent_fraction",
         "abnormal_eosinophil_fraction",
@@ -275,6 +279,7 @@ PRESETS: dict[str, SmearPreset] = {
         cell_scale_jitter=0.02,
         large_lymphocyte_fraction=0.0,
         blastlike_monocyte_fraction=0.0,
+        lookalike_similarity=0.0,
         blast_typicality=(10.0, 1.0),
         feature_strength_beta=(6.0, 1.5),
         feature_absent_fraction=0.0,
@@ -1262,6 +1267,12 @@ def _polar(distance: np.ndarray, angle: np.ndarray) -> tuple[np.ndarray, np.ndar
     return distance * np.sin(angle), distance * np.cos(angle)
 
 
+def _mix(first: np.ndarray, second: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Per-cell colours (N, 3): ``first`` blended towards ``second`` by ``share`` (N,)."""
+    share = np.asarray(share, dtype=np.float32)[:, None]
+    return (1 - share) * first[None, :] + share * second[None, :]
+
+
 def _single_nucleus(
     rng: np.random.Generator,
     parts: _Nucleated,
@@ -1354,36 +1365,79 @@ def _shape_eosinophil(rng, parts, cells, look, preset, px_per_um) -> None:
     parts.granule_od[:, 2] = look.stain["dark_granule"]
 
 
+def _lerp(low, high, share):
+    """``low`` + ``share`` · (``high`` - ``low``), element-wise."""
+    return low + share * (np.asarray(high) - low)
+
+
+def _add_nucleoli(rng, parts, shown, y, x, b, strength, px_per_um) -> None:
+    """1-4 pale nucleoli (0.5-0.9 µm radius) within half the nucleus of the ``shown`` cells."""
+    n = len(shown)
+    count = np.where(shown, rng.integers(1, 5, n), 0)
+    for k in range(4):
+        spot = np.flatnonzero(k < count)
+        sy, sx = _polar(0.5 * b * np.sqrt(rng.uniform(size=n)), rng.uniform(0, 2 * np.pi, n))
+        radius = rng.uniform(0.5, 0.9, n) * px_per_um
+        parts.pale_nucleus.add(spot, (y + sy)[spot], (x + sx)[spot], radius[spot], strength[spot])
+
+
+def _blast_likeness(rng, preset, flagged):
+    """How blast-like each look-alike cell is (0 for the ordinary ones), 0..1."""
+    n = len(flagged)
+    return np.where(flagged, preset.lookalike_similarity * rng.uniform(0.5, 1.0, n), 0.0)
+
+
 def _shape_lymphocyte(rng, parts, cells, look, preset, px_per_um) -> None:
+    """Small lymphocytes (dense round nucleus, thin sky-blue rim) and large ones (paler, more
+    cytoplasm); blast-like large ones drift towards a blast's look."""
     n = len(parts.radius)
     large = cells.large
-    ratio = np.where(large, rng.uniform(0.66, 0.78, n), rng.uniform(0.84, 0.92, n))
+    like = _blast_likeness(rng, preset, large)
+    grow = 1 + 0.12 * like
+    parts.radius *= grow.astype(np.float32)
+    cells.radius_px = cells.radius_px * grow
+    cells.diameter_um = cells.diameter_um * grow
+    ratio = np.where(
+        large,
+        _lerp(rng.uniform(0.66, 0.78, n), rng.uniform(0.74, 0.84, n), like),
+        rng.uniform(0.84, 0.92, n),
+    )
     y, x, a, b, _ = _single_nucleus(rng, parts, np.arange(n), ratio, (0.3, 1.0), (1.0, 1.08))
     parts.lobes.add(np.arange(n), y, x, a, b, rng.uniform(0, np.pi, n))
-    parts.nucleus_od[:] = look.stain["nucleus"]
+    parts.nucleus_od[:] = _mix(look.stain["nucleus"], look.stain["blast_nucleus"], 0.7 * like)
     parts.nucleus_density[:] = np.where(
-        large, rng.uniform(0.95, 1.15, n), rng.uniform(1.2, 1.45, n)
+        large,
+        _lerp(rng.uniform(0.95, 1.15, n), rng.uniform(0.74, 0.86, n), like),
+        rng.uniform(1.2, 1.45, n),
     )
-    parts.chromatin_fine[:] = np.where(large, 0.16, 0.1)
-    parts.chromatin_coarse[:] = np.where(large, 0.22, 0.35)
+    parts.chromatin_fine[:] = np.where(large, _lerp(0.16, 0.24, like), 0.1)
+    parts.chromatin_coarse[:] = np.where(large, _lerp(0.22, 0.17, like), 0.35)
     parts.nucleus_wobble[:] = 0.18 * px_per_um
-    parts.cyto_od[:] = look.stain["lymph_cyto"]
-    parts.cyto_density[:] = np.where(large, rng.uniform(0.65, 0.95, n), rng.uniform(0.85, 1.15, n))
+    parts.cyto_od[:] = _mix(look.stain["lymph_cyto"], look.stain["basophilic"], like)
+    parts.cyto_density[:] = np.where(
+        large,
+        _lerp(rng.uniform(0.65, 0.95, n), rng.uniform(0.9, 1.2, n), like),
+        rng.uniform(0.85, 1.15, n),
+    )
     parts.cyto_texture[:] = 0.1
     azurophil = large & (rng.uniform(size=n) < 0.35)
     parts.granule_amount[:, 0] = np.where(azurophil, 0.03, 0.0)
     parts.granule_od[:, 0] = look.stain["azurophil"]
-    faint = np.flatnonzero(large & (rng.uniform(size=n) < 0.15))
-    ny, nx = _polar(
-        0.4 * b[faint] * rng.uniform(size=len(faint)), rng.uniform(0, 2 * np.pi, len(faint))
-    )
-    parts.pale_nucleus.add(faint, y[faint] + ny, x[faint] + nx, 0.55 * px_per_um, 0.18)
+    nucleoli = large & (rng.uniform(size=n) < _lerp(0.15, 0.6, like))
+    _add_nucleoli(rng, parts, nucleoli, y, x, b, _lerp(0.18, 0.45, like), px_per_um)
 
 
 def _shape_monocyte(rng, parts, cells, look, preset, px_per_um) -> None:
+    """Monocytes: folded / kidney nucleus with lacy chromatin, grey-blue vacuolated cytoplasm;
+    the round (blast-like) ones drift towards a blast's look."""
     n = len(parts.radius)
     round_ = cells.large
-    ratio = np.where(round_, rng.uniform(0.68, 0.78, n), rng.uniform(0.6, 0.7, n))
+    like = _blast_likeness(rng, preset, round_)
+    ratio = np.where(
+        round_,
+        _lerp(rng.uniform(0.68, 0.78, n), rng.uniform(0.74, 0.84, n), like),
+        rng.uniform(0.6, 0.7, n),
+    )
     y, x, a, b, direction = _single_nucleus(
         rng, parts, np.arange(n), ratio, (0.2, 0.8), (1.0, 1.15)
     )
@@ -1393,20 +1447,24 @@ def _shape_monocyte(rng, parts, cells, look, preset, px_per_um) -> None:
     depth = a * rng.uniform(0.2, 0.45, n)
     fy, fx = _polar(1.75 * a - depth, fold_angle)
     parts.folds.add(folded, (y + fy)[folded], (x + fx)[folded], (0.75 * a)[folded])
-    parts.nucleus_od[:] = look.stain["nucleus"]
+    parts.nucleus_od[:] = _mix(look.stain["nucleus"], look.stain["blast_nucleus"], 0.7 * like)
     parts.nucleus_density[:] = np.where(
-        round_, rng.uniform(0.72, 0.88, n), rng.uniform(0.78, 0.92, n)
+        round_,
+        _lerp(rng.uniform(0.72, 0.88, n), rng.uniform(0.74, 0.86, n), like),
+        rng.uniform(0.78, 0.92, n),
     )
-    parts.chromatin_fine[:] = np.where(round_, 0.22, 0.26)
-    parts.chromatin_coarse[:] = np.where(round_, 0.1, 0.15)
-    parts.nucleus_wobble[:] = 0.35 * px_per_um
-    blue = np.where(round_, 0.4, 0.0)[:, None]
-    parts.cyto_od[:] = (1 - blue) * look.stain["mono_cyto"] + blue * look.stain["basophilic"]
+    parts.chromatin_fine[:] = np.where(round_, _lerp(0.22, 0.24, like), 0.26)
+    parts.chromatin_coarse[:] = np.where(round_, _lerp(0.1, 0.17, like), 0.15)
+    parts.nucleus_wobble[:] = _lerp(0.35, 0.15, like) * px_per_um
+    blue = np.where(round_, 0.3 + 0.7 * like, 0.0)
+    parts.cyto_od[:] = _mix(look.stain["mono_cyto"], look.stain["basophilic"], blue)
     parts.cyto_density[:] = rng.uniform(0.85, 1.15, n)
     parts.cyto_texture[:] = 0.15
-    parts.vacuoles[:] = np.where(round_, 0.02, rng.uniform(0.04, 0.12, n))
-    parts.granule_amount[:, 0] = 0.08
+    parts.vacuoles[:] = np.where(round_, 0.03 * (1 - like), rng.uniform(0.04, 0.12, n))
+    parts.granule_amount[:, 0] = 0.08 * (1 - like)
     parts.granule_od[:, 0] = look.stain["neutro_granule"]
+    nucleoli = round_ & (rng.uniform(size=n) < 0.6 * like)
+    _add_nucleoli(rng, parts, nucleoli, y, x, b, _lerp(0.18, 0.45, like), px_per_um)
 
 
 def _feature_strength(
@@ -1424,7 +1482,7 @@ def _shape_blast(rng, parts, cells, look, preset, px_per_um) -> None:
     n = len(parts.radius)
     everyone = np.arange(n)
     typical = rng.beta(*preset.blast_typicality, n)
-    shrink = 0.85 + 0.15 * typical
+    shrink = 0.8 + 0.2 * typical
     parts.radius *= shrink.astype(np.float32)
     cells.radius_px = cells.radius_px * shrink
     cells.diameter_um = cells.diameter_um * shrink
@@ -1469,20 +1527,16 @@ def _shape_blast(rng, parts, cells, look, preset, px_per_um) -> None:
     else:
         parts.lobes.add(everyone, y, x, a, b, tilt)
 
-    parts.nucleus_od[:] = look.stain["blast_nucleus"]
+    parts.nucleus_od[:] = _mix(
+        look.stain["blast_nucleus"], look.stain["nucleus"], 0.6 * (1 - typical)
+    )
     parts.nucleus_density[:] = 0.84 - 0.1 * typical + rng.uniform(-0.05, 0.05, n)
     parts.chromatin_fine[:] = 0.24
     parts.chromatin_coarse[:] = 0.26 - 0.18 * typical
     parts.nucleus_wobble[:] = 0.15 * px_per_um
     # Nucleoli: 1-4 pale spots, clearer in textbook blasts.
-    count = np.where(rng.uniform(size=n) < 0.25 + 0.75 * typical, rng.integers(1, 5, n), 0)
-    for k in range(4):
-        spot = np.flatnonzero(k < count)
-        sy, sx = _polar(0.5 * b * np.sqrt(rng.uniform(size=n)), rng.uniform(0, 2 * np.pi, n))
-        spot_r = rng.uniform(0.5, 0.9, n) * px_per_um
-        parts.pale_nucleus.add(
-            spot, (y + sy)[spot], (x + sx)[spot], spot_r[spot], (0.3 + 0.3 * typical)[spot]
-        )
+    nucleoli = rng.uniform(size=n) < 0.25 + 0.75 * typical
+    _add_nucleoli(rng, parts, nucleoli, y, x, b, 0.3 + 0.3 * typical, px_per_um)
     parts.cyto_od[:] = look.stain["basophilic"]
     parts.cyto_density[:] = rng.uniform(0.9, 1.2, n)
     parts.cyto_texture[:] = 0.1
@@ -1503,9 +1557,9 @@ def _shape_blast(rng, parts, cells, look, preset, px_per_um) -> None:
             n_rods,
             rod_distance,
             wide_side,
-            2.5 + 2.5 * rod_length_um,
+            3.0 + 2.5 * rod_length_um,
             rod_jitter,
-            0.22,
+            0.28,
             0.8 + 0.5 * strength,
             px_per_um,
         )
@@ -1544,9 +1598,9 @@ def _shape_blast(rng, parts, cells, look, preset, px_per_um) -> None:
             n_rods,
             rod_distance,
             wide_side,
-            5.0 + 3.0 * rod_length_um,
+            5.5 + 3.0 * rod_length_um,
             rod_jitter,
-            0.16,
+            0.22,
             0.9 + 0.4 * strength,
             px_per_um,
         )
