@@ -63,6 +63,7 @@ from blastscope.io import to_rgb_uint8
 from blastscope.models.bundle import (
     BundleError,
     load_bundle,
+    read_metadata,
     resolve_bundle_path,
     shipped_bundles,
 )
@@ -240,6 +241,9 @@ class Cellpose3Backend:
         from cellpose.resnet_torch import CPnet
 
         widths, nout = cellpose_widths(state_dict)
+        # Older Cellpose files lack the diameter entries; Cellpose then assumes 30 pixels.
+        fallback = torch.tensor([30.0 if diam_mean is None else float(diam_mean)])
+        state_dict = {"diam_mean": fallback, "diam_labels": fallback, **state_dict}
         stored_diam_mean = float(state_dict["diam_mean"].reshape(-1)[0])
         self.diam_mean = float(diam_mean) if diam_mean is not None else stored_diam_mean
         self.diam_labels = float(state_dict["diam_labels"].reshape(-1)[0])
@@ -357,8 +361,6 @@ def segmenter_choices() -> list[str]:
 
 def _is_segmenter(path: Path) -> bool:
     try:
-        from blastscope.models.bundle import read_metadata
-
         return read_metadata(path)["kind"] == "segmenter"
     except BundleError:
         return False
