@@ -227,8 +227,12 @@ class FeaturesTable(QTableView):
         self.selectionModel().selectionChanged.connect(self._selection_changed)
 
     def set_frame(self, frame: pd.DataFrame) -> None:
+        """Show ``frame`` (a new features table), keeping the user's sort order."""
         self._quiet = True
         self.model_.set_frame(frame)
+        header = self.horizontalHeader()
+        if 0 <= header.sortIndicatorSection() < len(frame.columns):
+            self.model_.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
         self._quiet = False
 
     def selected_frame_row(self) -> int | None:
