@@ -327,9 +327,11 @@ class CellsSession:
         pooled = result is not None and result.slide_call is not None
         if pooled and arrays.probabilities is not None:
             settings = self.settings
-            table = pd.DataFrame({"is_nucleated": arrays.nucleated, "is_blast": is_blast})
+            rows = arrays.nucleated | is_blast  # the only rows the call counts or pools
+            table = {"is_nucleated": arrays.nucleated[rows], "is_blast": is_blast[rows]}
             for index, name in enumerate(arrays.classes):
-                table[f"p_{name}"] = arrays.probabilities[:, index]
+                table[f"p_{name}"] = arrays.probabilities[rows, index]
+            table = pd.DataFrame(table)
             self.preview_call = call_slide(
                 table,
                 arrays.classes,
