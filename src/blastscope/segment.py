@@ -47,6 +47,7 @@ import functools
 import itertools
 import math
 import urllib.error
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,8 +79,11 @@ oil objective on a common camera); bundles record their own default."""
 HALO_CELL_DIAMETERS = 3.0
 MAX_CELLPROB_THRESHOLD = 6.0
 MAX_FLOW_THRESHOLD = 3.0
-ESTIMATION_PASSES = 2
 DEFAULT_NITER = 200
+MIN_NORMALIZE_SPAN = 25.0
+"""Narrowest intensity span (8-bit levels) that normalisation stretches to 0-1."""
+DIAMETER_CANDIDATES = (1.0, 0.5, 2.0, 0.25, 4.0)
+"""Multiples of the default diameter tried when estimating it (first consistent one wins)."""
 ARCHITECTURE_NAME = "cellpose3-cpnet"
 
 
@@ -292,7 +296,8 @@ class Cellpose3Backend:
             for start in range(0, len(tiles), batch_size):
                 batch = torch.from_numpy(tiles[start : start + batch_size]).to(self.device)
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                outputs[start : start + batch_size] = self.net(batch)[0][:, :3].float().cpu()
+                prediction = self.net(batch)[0][:, :3]
+                outputs[start : start + batch_size] = prediction.float().cpu().numpy()
         averaged = transforms.average_tiles(outputs, ysub, xsub, padded_y, padded_x)
         averaged = averaged[:, ypad1 : ypad1 + resized_shape[0], xpad1 : xpad1 + resized_shape[1]]
         restored = transforms.resize_image(averaged.transpose(1, 2, 0), Ly=height, Lx=width)
@@ -318,17 +323,20 @@ def cellpose3_masks(
     """
     from cellpose import dynamics
 
-    labels = dynamics.resize_and_compute_masks(
-        dP.astype(np.float32),
-        cellprob.astype(np.float32),
-        niter=niter,
-        cellprob_threshold=cellprob_threshold,
-        flow_threshold=flow_threshold,
-        interp=True,
-        min_size=-1,
-        max_size_fraction=0.4,
-        device=device,
-    )
+    with warnings.catch_warnings():
+        # torch warns on every sparse tensor Cellpose builds; nothing for a user to act on.
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        labels = dynamics.resize_and_compute_masks(
+            dP.astype(np.float32),
+            cellprob.astype(np.float32),
+            niter=niter,
+            cellprob_threshold=cellprob_threshold,
+            flow_threshold=flow_threshold,
+            interp=True,
+            min_size=-1,
+            max_size_fraction=0.4,
+            device=device,
+        )
     return labels.astype(np.int32)
 
 
@@ -483,7 +491,7 @@ def segment_steps(
         )
     rgb, notices = to_rgb_uint8(image)
     backend = load_segmenter(params.model, params.device)
-    channels = _normalize(backend.prepare(rgb), params.normalize_percentiles)
+    channels = normalize_channels(backend.prepare(rgb), params.normalize_percentiles)
     pixel_size_used, pixel_size_source = _pixel_size(backend, pixel_size_um)
     tiles = _tile_grid(rgb.shape[:2], params.tile_size)
     estimating = params.diameter is None and (pixel_size_um is None or backend.diameter_um is None)
@@ -681,16 +689,23 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         )
 
 
-def _normalize(channels: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    """Per-channel percentile normalisation over the whole image (one map for every tile)."""
+def normalize_channels(
+    channels: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)
+) -> np.ndarray:
+    """Per-channel percentile normalisation of (Y, X, C) over the whole image, as in training.
+
+    The low percentile maps to 0 and the high one to 1, except that a span narrower than
+    :data:`MIN_NORMALIZE_SPAN` is widened downwards (an image of background and noise is not
+    stretched into texture; its background stays near 1 as in a real field). All-zero channels
+    stay 0.
+    """
     sample = channels.reshape(-1, channels.shape[-1])
     if len(sample) > 1_000_000:
         sample = sample[:: len(sample) // 500_000]
-    low = np.percentile(sample, percentiles[0], axis=0)
     high = np.percentile(sample, percentiles[1], axis=0)
-    span = np.where(high - low > 1e-3, high - low, 1.0)
-    normalized = (channels - low) / span
-    normalized[..., high - low <= 1e-3] = 0.0
+    low = np.minimum(np.percentile(sample, percentiles[0], axis=0), high - MIN_NORMALIZE_SPAN)
+    normalized = (channels - low) / (high - low)
+    normalized[..., high <= 0] = 0.0
     return normalized.astype(np.float32)
 
 
@@ -708,39 +723,54 @@ def _estimate_diameter(
     params: SegmentationParams,
     pixel_size_um: float,
 ) -> float:
-    """Median cell diameter (pixels): a first pass, then the median mask diameter rescaled.
+    """Median cell diameter (pixels) of an image of unknown pixel size.
 
-    The first pass runs at the model's default diameter on a central crop (at most one tile);
-    the median diameter of its masks, times ``diam_mean / diam_labels`` (the network's size over
-    the median mask size it saw in training), is the estimate; a second pass refines it when it
-    moved by more than 10%.
+    On a central crop (at most one tile) the network runs at a trial diameter; the median
+    diameter of its masks times ``diam_mean / diam_labels`` (the network's size over the median
+    mask size it saw in training) is that trial's estimate. Trials start at the model's default
+    diameter and go through :data:`DIAMETER_CANDIDATES` until one is self-consistent (estimate
+    within 15% of the trial); the most consistent trial's estimate is then refined by one more
+    pass. A network shown cells far from its size finds few or wrong masks, hence the trials.
     """
     height, width = channels.shape[:2]
     side = params.tile_size
     y0, x0 = max(0, (height - side) // 2), max(0, (width - side) // 2)
     crop = channels[y0 : y0 + side, x0 : x0 + side]
     if backend.diameter_um is not None:
-        diameter_px = backend.diameter_um / pixel_size_um
+        default = backend.diameter_um / pixel_size_um
     else:
-        diameter_px = backend.diam_mean
+        default = backend.diam_mean
+    trials = []
+    for factor in DIAMETER_CANDIDATES:
+        estimate = _diameter_trial(backend, crop, params, default * factor)
+        if estimate is None:
+            continue
+        inconsistency = abs(math.log(estimate / (default * factor)))
+        trials.append((inconsistency, estimate))
+        if inconsistency < math.log(1.15):
+            break
+    if not trials:
+        return float(default)
+    inconsistency, estimate = min(trials)
+    if inconsistency > math.log(1.1):
+        estimate = _diameter_trial(backend, crop, params, estimate) or estimate
+    return float(estimate)
+
+
+def _diameter_trial(
+    backend: SegmenterBackend, crop: np.ndarray, params: SegmentationParams, diameter_px: float
+) -> float | None:
+    """The diameter estimate from one pass at ``diameter_px``; None if it finds under 3 cells."""
+    tile_dP, tile_prob = backend.network_outputs(crop, diameter_px, params.batch_size)
+    mask_scale = min(1.0, backend.diam_mean / diameter_px)
     compute = MASKS_BY_BACKEND[backend.backend]
-    for _ in range(ESTIMATION_PASSES):
-        tile_dP, tile_prob = backend.network_outputs(crop, diameter_px, params.batch_size)
-        mask_scale = min(1.0, backend.diam_mean / diameter_px)
-        labels = _masks(
-            compute, tile_dP, tile_prob, params, mask_scale, DEFAULT_NITER, backend.device
-        )
-        sizes = np.bincount(labels.ravel())[1:]
-        sizes = sizes[sizes > 0]
-        if len(sizes) == 0:
-            break
-        median = float(np.median(np.sqrt(sizes))) / (math.sqrt(math.pi) / 2)
-        estimate = median * backend.diam_mean / backend.diam_labels
-        converged = abs(estimate - diameter_px) < 0.1 * diameter_px
-        diameter_px = estimate
-        if converged:
-            break
-    return float(diameter_px)
+    labels = _masks(compute, tile_dP, tile_prob, params, mask_scale, DEFAULT_NITER, backend.device)
+    sizes = np.bincount(labels.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    if len(sizes) < 3:
+        return None
+    median = float(np.median(np.sqrt(sizes))) / (math.sqrt(math.pi) / 2)
+    return median * backend.diam_mean / backend.diam_labels
 
 
 def _halo(params: SegmentationParams, diameter_px: float) -> int:

@@ -54,7 +54,12 @@ from scipy.optimize import linear_sum_assignment
 from blastscope.devices import resolve_device
 from blastscope.models.bundle import save_bundle
 from blastscope.progress import Progress, run_steps
-from blastscope.segment import ARCHITECTURE_NAME, SegmentationParams, segment
+from blastscope.segment import (
+    ARCHITECTURE_NAME,
+    SegmentationParams,
+    normalize_channels,
+    segment,
+)
 from blastscope.train.bccd_masks import (
     BCCD_PIXEL_SIZE_UM,
     bccd_root,
@@ -342,14 +347,6 @@ def augment_stain(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out.clip(0, 255).astype(np.float32)
 
 
-def normalize_channels(image: np.ndarray) -> np.ndarray:
-    """Per-channel percentile normalisation (1st -> 0, 99th -> 1) of (Y, X, C), as at inference."""
-    low = np.percentile(image, NORMALIZE_PERCENTILES[0], axis=(0, 1))
-    high = np.percentile(image, NORMALIZE_PERCENTILES[1], axis=(0, 1))
-    span = np.where(high - low > 1e-3, high - low, 1.0)
-    return ((image - low) / span).astype(np.float32)
-
-
 def weighted_cellpose_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cellpose's loss with a per-pixel weight; target (N, 4, Y, X) as in :func:`_flow_targets`.
 
@@ -390,7 +387,9 @@ def _train(
         for start in range(0, len(order), config.batch_size):
             indices = order[start : start + config.batch_size]
             inputs = [
-                normalize_channels(augment_stain(images[i].image, rng)).transpose(2, 0, 1)
+                normalize_channels(
+                    augment_stain(images[i].image, rng), NORMALIZE_PERCENTILES
+                ).transpose(2, 0, 1)
                 for i in indices
             ]
             crops, crop_targets = transforms.random_rotate_and_resize(
