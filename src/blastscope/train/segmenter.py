@@ -467,7 +467,11 @@ def _metadata(
             "settings": settings,
             "data": {
                 "bccd_train_fields": int(sources.get("bccd", 0)),
-                "bccd_split": "train (splits/train.txt); val never used for training",
+                "bccd_split": (
+                    "train (splits/train.txt); val never used for training"
+                    if config.bccd_list is None
+                    else f"the fields listed in {config.bccd_list}"
+                ),
                 "bccd_masks": "derived from the boxes (blastscope.train.bccd_masks)",
                 "bccd_pixel_size_um": BCCD_PIXEL_SIZE_UM,
                 "synthetic_fields": int(sources.get("synthetic", 0)),
