@@ -12,7 +12,7 @@ of a type are rendered at once with vectorised numpy (a shared polar grid for th
 "stamps" for lobes, nucleoli, folds and rods, noise textures for chromatin and granules). The
 field's OD is the sum of the patches (Beer-Lambert: overlapping red cells look darker, as in real
 smears), and the camera sees ``background · illumination · exp(-OD)``, then optical blur, camera
-noise and JPEG compression.
+noise (zero-mean, uniformly distributed, larger where brighter) and JPEG compression.
 
 Truth
 -----
@@ -37,7 +37,8 @@ Seeding
 ``generate_field(seed)`` is ``generate_slide(seed, n_fields=1)[0]``. A slide's look (stain,
 illumination, optics, pixel size, mutation, blast fraction) and each field's layout come from
 separate streams of ``numpy.random.SeedSequence(seed)``, so the same seed with another
-``mutation`` gives the same stain and layout with other features.
+``mutation`` gives the same stain and layout with other features (CBFB::MYH11 fields excepted:
+their extra eosinophils change the cell types drawn).
 """
 
 from __future__ import annotations
@@ -336,7 +337,11 @@ class SyntheticField:
     centroids in pixels, ``diameter_um`` in µm, ``mutation_features`` the strength 0..1 of the
     mutation morphology the cell shows, ``auer_rods`` the number of Auer rods drawn in it);
     ``mutation`` the slide's class; ``pixel_size_um`` µm per pixel; ``seed`` the seed of the
-    call that made it and ``field_index`` its index in that slide.
+    call that made it and ``field_index`` its index in that slide; ``blast_fraction`` the
+    slide's share of blasts among nucleated cells that the layout drew from (the field's own
+    share varies around it); ``preset`` the preset's name. Cells with ``mutation_features`` > 0
+    are the blasts that show their slide's features and, in CBFB::MYH11 fields, the abnormal
+    eosinophils.
     """
 
     image: np.ndarray
@@ -850,8 +855,9 @@ def _layout(
             large[members] = is_large
         elif name == "monocyte":
             large[members] = rng.uniform(size=len(members)) < preset.blastlike_monocyte_fraction
-        elif name == "eosinophil" and look.mutation == "CBFB::MYH11":
-            large[members] = rng.uniform(size=len(members)) < preset.abnormal_eosinophil_fraction
+        elif name == "eosinophil":
+            abnormal = rng.uniform(size=len(members)) < preset.abnormal_eosinophil_fraction
+            large[members] = abnormal & (look.mutation == "CBFB::MYH11")
     radii = diameters * look.cell_scale / 2 / ps
 
     centres, kept = _scatter_discs(rng, radii, shape, margin=0.35, factor=np.full(n_nucleated, 0.9))
