@@ -516,6 +516,7 @@ class CellsSession:
         self._put_overlay(self.veil_layer_name, veil, veil_style, 1.0)
         colours = self._overlay(self.colour_layer_name)
         colours.colorbar.visible = self.colour_by == COLOUR_BY[0]
+        colours.colorbar.position = "bottom_right"  # the demo notice takes the top
         self._order_layers()
 
     def _put_overlay(self, name: str, data: np.ndarray, style: dict, opacity: float) -> None:
