@@ -145,7 +145,8 @@ class SmearPreset:
     large lymphocytes use ``large_lymphocyte_diameter_um``.
 
     Layout (per field): ``nucleated_per_10k_um2`` nucleated cells per 100 × 100 µm,
-    ``rbc_coverage`` the nominal share of the area red cells cover, ``platelets_per_10k_um2``;
+    ``rbc_coverage`` the share of the area the red cells offered would cover (thin areas and the
+    spacing rules place fewer: about half in ``default``), ``platelets_per_10k_um2``;
     ``thickness_variation`` (0..1) how patchy the smear is (red cells gather and overlap in thick
     areas), ``rbc_overlap`` (0..1) how far red cells may overlap there (share of the sum of radii);
     ``white_cell_mix`` the relative frequencies of the non-blast nucleated types;
