@@ -10,7 +10,7 @@ import pytest
 
 from blastscope.cells import measure_cells
 from blastscope.edits import EditError, edited_cells, reclassify_stage
-from blastscope.models.classifier import load_classifier, write_random_classifier
+from blastscope.models.classifier import load_classifier
 from blastscope.pipeline import SlideCallSettings, classify_stage, mutation_stage
 from blastscope.progress import run_steps
 from blastscope.result import SlideResult
@@ -38,11 +38,9 @@ def test_edited_labels_of_another_shape_are_refused_with_the_fix():
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
+def analysed():
     """(image, classified result with a slide call, blast bundle, mutation bundle)."""
-    folder = tmp_path_factory.mktemp("bundles")
-    blast = write_random_classifier(folder / "blast", "blast", seed=1)
-    mutation = write_random_classifier(folder / "mutation", "mutation", seed=2)
+    blast, mutation = "blast-demo", "mutation-demo"
     field = generate_field(5, shape=(320, 320), mutation="NPM1", blast_fraction=0.6)
     cells = measure_cells(field.image, field.labels, field.pixel_size_um)
     result = SlideResult(field.labels, cells, field.pixel_size_um)

@@ -8,24 +8,28 @@ import pandas as pd
 import pytest
 from napari.utils.status_messages import format_feature_value
 
-from blastscope.models.classifier import load_classifier, write_random_classifier
+from blastscope.models import shipped_bundles
+from blastscope.models.classifier import load_classifier
 from blastscope.pipeline import classify_stage, rethreshold
 from blastscope.progress import run_steps
 from blastscope.widgets._base import DEMO_TEXT
 from blastscope.widgets._colours import VEIL_RGBA
 from blastscope.widgets._session import DEMO_NOTICE
 from widget_cases import (
+    BLAST_BUNDLE,
+    MUTATION_BUNDLE,
     PLUGIN,
     add_smear,
     add_smear_with_cells,
     cancel_at_first_progress,
+    choose_bundle,
     isolate_settings,
     notifications,
     smear,
     smear_cells,
+    split_threshold,
     wait_for,
     wait_until,
-    write_bundles,
 )
 
 pytestmark = pytest.mark.gui
@@ -36,14 +40,13 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return write_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-def classify_dock(viewer, blast_bundle):
+def classify_dock(viewer, bundle: str = BLAST_BUNDLE):
+    """The Classify blasts dock with a shipped bundle, or a bundle folder."""
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    widget.bundles.folder.value = str(blast_bundle)
+    if bundle in shipped_bundles():
+        choose_bundle(widget, bundle)
+    else:
+        widget.bundles.folder.value = bundle
     return widget
 
 
@@ -53,15 +56,15 @@ def veil_alpha(veil, p_blast: float) -> float:
     return float(veil.colormap.map(np.array([(p_blast - low) / (high - low)]))[0, 3])
 
 
-def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy, bundles):
+def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
-    widget = classify_dock(viewer, bundles[0])
+    widget = classify_dock(viewer)
     widget.run()
     wait_for(widget)
 
     expected = run_steps(
-        classify_stage(smear().image, smear_cells(), load_classifier(bundles[0], "blast"))
+        classify_stage(smear().image, smear_cells(), load_classifier(BLAST_BUNDLE, "blast"))
     )
     features = session.layer.features
     assert list(features["index"]) == list(expected.cells["label"])
@@ -70,7 +73,9 @@ def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy,
     assert features["blast_override"].isna().all()
     recorded = session.result.provenance["blast"]
     assert recorded["sha256"] == expected.provenance["blast"]["sha256"]
-    assert recorded["threshold"] == widget.threshold.value == 0.5
+    assert (
+        recorded["threshold"] == widget.threshold.value == expected.provenance["blast"]["threshold"]
+    )
     run = recorded["run"]
     assert run["params"] == {"device": "auto", "batch_size": 256}
     assert run["software"]["torch"]
@@ -91,23 +96,22 @@ def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy,
     assert widget.classifier.forward_calls == 2
 
 
-def test_threshold_slider_recolours_and_recounts_without_the_network(
-    make_napari_viewer_proxy, bundles
-):
+def test_threshold_slider_recolours_and_recounts_without_the_network(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
-    widget = classify_dock(viewer, bundles[0])
+    widget = classify_dock(viewer)
     widget.run()
     wait_for(widget)
     classified = session.result
     classifier = widget.classifier
     calls, cells = classifier.forward_calls, classifier.cells_processed
     p_blast = session.layer.features["p_blast"].to_numpy()
-    threshold = round(float(np.nanmedian(p_blast)), 3)
+    start = session.threshold
+    threshold = split_threshold(p_blast, start)
     low_cell, high_cell = float(np.nanmin(p_blast)), float(np.nanmax(p_blast))
     veil = viewer.layers[session.veil_layer_name]
-    assert veil_alpha(veil, 0.5) == 0.0
-    assert veil_alpha(veil, 0.49) == pytest.approx(VEIL_RGBA[3])
+    assert veil_alpha(veil, start) == 0.0
+    assert veil_alpha(veil, start - 0.01) == pytest.approx(VEIL_RGBA[3])
     before = widget._counts.value
 
     widget.threshold.value = threshold
@@ -128,10 +132,10 @@ def test_threshold_slider_recolours_and_recounts_without_the_network(
     assert (classifier.forward_calls, classifier.cells_processed) == (calls, cells)
 
 
-def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy, bundles):
+def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
-    widget = classify_dock(viewer, bundles[0])
+    widget = classify_dock(viewer)
     widget._batch_size.value = 2
     features = session.layer.features.copy()
     names = [layer.name for layer in viewer.layers]
@@ -147,10 +151,10 @@ def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy, bu
     assert not session.classified
 
 
-def test_errors_are_shown_with_what_to_do(make_napari_viewer_proxy, bundles):
+def test_errors_are_shown_with_what_to_do(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     add_smear(viewer)
-    widget = classify_dock(viewer, bundles[1])  # a mutation bundle in the blast dock
+    widget = classify_dock(viewer, str(shipped_bundles()[MUTATION_BUNDLE]))  # wrong kind
     with notifications() as messages:
         widget.run()
     assert any("Choose a cells layer: segment the image first" in m for m in messages)
@@ -164,12 +168,10 @@ def test_errors_are_shown_with_what_to_do(make_napari_viewer_proxy, bundles):
     assert not session.classified
 
 
-def test_grey_image_with_scale_and_translate_is_classified_in_place(
-    make_napari_viewer_proxy, bundles
-):
+def test_grey_image_with_scale_and_translate_is_classified_in_place(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     image, session = add_smear_with_cells(viewer, grey=True, translate=(12.5, -4.0))
-    widget = classify_dock(viewer, bundles[0])
+    widget = classify_dock(viewer)
     with notifications() as messages:
         widget.run()
         wait_for(widget)
@@ -181,10 +183,10 @@ def test_grey_image_with_scale_and_translate_is_classified_in_place(
         assert tuple(layer.translate) == (12.5, -4.0)
 
 
-def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy, bundles):
+def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
-    widget = classify_dock(viewer, bundles[0])
+    widget = classify_dock(viewer)
     widget.run()
     wait_for(widget)
     features = session.layer.features
@@ -196,11 +198,10 @@ def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy, bundl
     assert status.index("p_blast") < status.index("area_px")
 
 
-def test_a_demo_bundle_shows_the_not_for_diagnosis_notice(make_napari_viewer_proxy, tmp_path):
-    demo = write_random_classifier(tmp_path / "demo-blast", "blast", demo=True)
+def test_a_demo_bundle_shows_the_not_for_diagnosis_notice(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
-    widget = classify_dock(viewer, demo)
+    widget = classify_dock(viewer, BLAST_BUNDLE)  # shipped bundles are demonstration models
     assert not widget._demo.native.isHidden()  # shown (the test window itself is hidden)
     assert widget._demo.value == DEMO_TEXT
     widget.run()

@@ -12,14 +12,16 @@ from blastscope.edits import edited_cells, reclassify_stage
 from blastscope.models.classifier import load_classifier
 from blastscope.progress import run_steps
 from widget_cases import (
+    BLAST_BUNDLE,
+    MUTATION_BUNDLE,
     PLUGIN,
     add_smear_with_cells,
+    choose_bundle,
     isolate_settings,
     notifications,
     smear,
     wait_for,
     wait_until,
-    write_bundles,
 )
 
 pytestmark = pytest.mark.gui
@@ -30,21 +32,16 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return write_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-def analysed_viewer(make_viewer, bundles):
+def analysed_viewer(make_viewer):
     """(viewer, session, classify, mutation, edit docks): the smear classified, mutation run."""
     viewer = make_viewer()
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    classify.bundles.folder.value = str(bundles[0])
+    choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
     wait_for(classify)
     _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
-    mutation.bundles.folder.value = str(bundles[1])
+    choose_bundle(mutation, MUTATION_BUNDLE)
     mutation.min_blasts.value = 5
     mutation.run()
     wait_for(mutation)
@@ -57,8 +54,8 @@ def deepest_pixel(labels: np.ndarray, label: int) -> tuple[int, int]:
     return np.unravel_index(np.argmax(ndi.distance_transform_edt(mask)), mask.shape)
 
 
-def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_proxy, bundles):
-    _, session, classify, mutation, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_proxy):
+    _, session, classify, mutation, edit = analysed_viewer(make_napari_viewer_proxy)
     before = session.result
     features = session.layer.features
     label = int(features.loc[features["is_nucleated"], "label"].iloc[2])
@@ -81,8 +78,8 @@ def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_p
             smear().image,
             before,
             painted,
-            load_classifier(bundles[0], "blast"),
-            load_classifier(bundles[1], "mutation"),
+            load_classifier(BLAST_BUNDLE, "blast"),
+            load_classifier(MUTATION_BUNDLE, "mutation"),
             threshold=session.threshold,
         )
     )
@@ -104,8 +101,8 @@ def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_p
     assert edit.status.value == "2 cells re-classified, 0 removed"
 
 
-def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy, bundles):
-    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
     edit.delay_ms.value = 200
     edit.auto.value = True
     features = session.layer.features
@@ -120,8 +117,8 @@ def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy, bundles
     assert session.result.provenance["edits"][-1] == {"changed": [], "removed": [label]}
 
 
-def test_reclassify_without_edits_says_so(make_napari_viewer_proxy, bundles):
-    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, bundles)
+def test_reclassify_without_edits_says_so(make_napari_viewer_proxy):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
     before = session.result
     with notifications() as messages:
         edit.run_button.native.click()

@@ -8,12 +8,14 @@ import pytest
 
 from blastscope.export import export_paths, read_cells_table, read_geojson
 from widget_cases import (
+    BLAST_BUNDLE,
     PLUGIN,
     add_smear_with_cells,
+    choose_bundle,
+    expected_blasts,
     isolate_settings,
     notifications,
     wait_for,
-    write_bundles,
 )
 
 pytestmark = pytest.mark.gui
@@ -22,11 +24,6 @@ pytestmark = pytest.mark.gui
 @pytest.fixture(autouse=True)
 def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return write_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 def export_dock(viewer, folder, formats):
@@ -38,19 +35,18 @@ def export_dock(viewer, folder, formats):
     return widget
 
 
-def test_export_writes_the_chosen_formats_with_the_users_calls(
-    make_napari_viewer_proxy, bundles, tmp_path
-):
+def test_export_writes_the_chosen_formats_with_the_users_calls(make_napari_viewer_proxy, tmp_path):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    classify.bundles.folder.value = str(bundles[0])
+    choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
     wait_for(classify)
-    classify.threshold.value = 0.99
+    classify.threshold.value = 0.9
     features = session.layer.features
-    label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
+    label = int(features.loc[features["is_nucleated"] & ~features["is_blast"], "label"].iloc[0])
     session.set_override(label, True)
+    blasts = expected_blasts(session.layer.features, 0.9)
     out = tmp_path / "out"
 
     widget = export_dock(viewer, out, ("csv", "geojson"))
@@ -68,13 +64,13 @@ def test_export_writes_the_chosen_formats_with_the_users_calls(
     cells = table.set_index("label")
     assert cells.loc[label, "blast_override"]
     assert cells.loc[label, "is_blast"]
-    assert int(cells["is_blast"].sum()) == 1
-    assert sidecar["provenance"]["blast"]["threshold"] == 0.99
+    assert int(cells["is_blast"].sum()) == blasts
+    assert sidecar["provenance"]["blast"]["threshold"] == 0.9
     _, geo_cells, _ = read_geojson(targets["geojson"])
     assert geo_cells.set_index("label").loc[label, "blast_override"]
 
 
-def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, bundles, tmp_path):
+def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path):
     viewer = make_napari_viewer_proxy()
     add_smear_with_cells(viewer)
     widget = export_dock(viewer, None, ("csv",))

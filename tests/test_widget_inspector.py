@@ -13,14 +13,16 @@ from scipy import ndimage as ndi
 from blastscope.crops import extract_crops
 from blastscope.widgets._colours import FORCED_BLAST
 from widget_cases import (
+    BLAST_BUNDLE,
     PLUGIN,
     add_smear_with_cells,
+    choose_bundle,
+    expected_blasts,
     isolate_settings,
     notifications,
     smear,
     wait_for,
     wait_until,
-    write_bundles,
 )
 
 pytestmark = pytest.mark.gui
@@ -31,17 +33,12 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return write_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-def inspected_viewer(make_napari_viewer, bundles):
+def inspected_viewer(make_napari_viewer):
     """(viewer, session, classify dock, inspector dock) with the smear's cells classified."""
     viewer = make_napari_viewer(show=True)  # shown: canvas clicks map to the right place
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    classify.bundles.folder.value = str(bundles[0])
+    choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
     wait_for(classify)
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
@@ -71,9 +68,9 @@ def press(viewer, key: Qt.Key, qtbot) -> None:
 
 
 def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
-    make_napari_viewer, bundles, qtbot
+    make_napari_viewer, qtbot
 ):
-    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer, bundles)
+    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer)
     label = nucleated_labels(session)[3]
     click_cell(viewer, session, label, qtbot)
 
@@ -98,8 +95,8 @@ def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
     np.testing.assert_array_equal(inspector.cell_crop(row), expected)
 
 
-def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer, bundles):
-    viewer, session, _, inspector = inspected_viewer(make_napari_viewer, bundles)
+def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer):
+    viewer, session, _, inspector = inspected_viewer(make_napari_viewer)
     table = inspector.table
     table.sortByColumn(
         list(session.layer.features.columns).index("p_blast"), Qt.SortOrder.DescendingOrder
@@ -116,12 +113,16 @@ def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer, bundles):
 
 
 def test_an_override_changes_the_counts_survives_threshold_changes_and_undoes(
-    make_napari_viewer, bundles, qtbot
+    make_napari_viewer, qtbot
 ):
-    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer, bundles)
-    classify.threshold.value = 0.99  # every cell a non-blast
-    assert session.counts()["blasts"] == 0
-    first, second = nucleated_labels(session)[:2]
+    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer)
+    features = session.layer.features
+    model_calls = features.set_index("label")["blast_call"]
+    first, second = (
+        int(label)
+        for label in features.loc[~features["blast_call"] & features["is_nucleated"], "label"][:2]
+    )
+    blasts = session.counts()["blasts"]
     click_cell(viewer, session, first, qtbot)
     press(viewer, Qt.Key.Key_B, qtbot)
 
@@ -129,33 +130,35 @@ def test_an_override_changes_the_counts_survives_threshold_changes_and_undoes(
     assert features.loc[first, "blast_override"]
     assert not features.loc[first, "blast_call"]
     assert features.loc[first, "is_blast"]
-    assert session.counts()["blasts"] == 1
-    assert "1 blasts" in classify._counts.value
+    assert session.counts()["blasts"] == blasts + 1
+    assert f"{blasts + 1} blasts" in classify._counts.value
     veil = viewer.layers[session.veil_layer_name]
     assert (veil.data[session.result.labels == first] == FORCED_BLAST).all()
 
-    for threshold in (0.5, 0.99):
+    for threshold in (1.0, 0.0, session.threshold):
         classify.threshold.value = threshold
         wait_until(lambda: session.exact)
         cells = session.result.cells.set_index("label")
         assert cells.loc[first, "blast_override"]
         assert cells.loc[first, "is_blast"]
-    assert session.counts()["blasts"] == 1
+        assert session.counts()["blasts"] == expected_blasts(session.layer.features, threshold)
+    assert session.counts()["blasts"] == blasts + 1
 
     session.select(second)
     inspector.mark_blast.native.click()
-    assert session.counts()["blasts"] == 2
+    assert session.counts()["blasts"] == blasts + 2
     press(viewer, Qt.Key.Key_U, qtbot)
-    assert session.counts()["blasts"] == 1
+    assert session.counts()["blasts"] == blasts + 1
     inspector.undo.native.click()
     wait_until(lambda: session.exact)
-    assert session.counts()["blasts"] == 0
+    assert session.counts()["blasts"] == blasts
     assert session.result.cells["blast_override"].isna().all()
+    assert session.result.cells.set_index("label")["blast_call"].equals(model_calls)
     assert pd.isna(session.layer.features.set_index("label").loc[first, "blast_override"])
 
 
-def test_override_without_a_selected_cell_says_what_to_do(make_napari_viewer, bundles):
-    _, _, _, inspector = inspected_viewer(make_napari_viewer, bundles)
+def test_override_without_a_selected_cell_says_what_to_do(make_napari_viewer):
+    _, _, _, inspector = inspected_viewer(make_napari_viewer)
     with notifications() as messages:
         inspector.mark_blast.native.click()
     assert "Select a cell first: click it in pan/zoom mode or pick a table row." in messages

@@ -2,8 +2,8 @@
 
 The smear is a small synthetic field; its cells come from the generator's own masks measured by
 ``blastscope.cells`` (the segmenter is exercised in test_widget_segment.py), so the classifier
-docks start from the same cells table every time. Classifier bundles are real networks with
-seeded random weights written by ``write_random_classifier``.
+docks start from the same cells table every time. The classifiers are the shipped demonstration
+bundles.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QApplication
 
 from blastscope.cells import measure_cells
-from blastscope.models.classifier import write_random_classifier
 from blastscope.result import SlideResult
 from blastscope.synthetic import SyntheticField, generate_field
 from blastscope.widgets._session import CellsSession, show_result
@@ -31,6 +30,8 @@ from blastscope.widgets._settings import SETTINGS_ENV
 PLUGIN = "napari-blastscope"
 SMEAR_SHAPE = (512, 512)
 SMEAR_SEED = 21
+BLAST_BUNDLE = "blast-demo"
+MUTATION_BUNDLE = "mutation-demo"
 
 
 @functools.cache
@@ -52,11 +53,32 @@ def smear_cells() -> SlideResult:
     )
 
 
-def write_bundles(directory: Path) -> tuple[Path, Path]:
-    """(blast bundle, mutation bundle) directories with seeded random weights."""
-    blast = write_random_classifier(directory / "blast", "blast", seed=1)
-    mutation = write_random_classifier(directory / "mutation", "mutation", seed=2)
-    return blast, mutation
+def choose_bundle(widget, name: str) -> None:
+    """Pick the shipped bundle ``name`` in a dock's model list (as a user does)."""
+    widget.bundles.combo.value = name
+
+
+def split_threshold(p_blast: np.ndarray, current: float) -> float:
+    """A threshold (3 decimals) that calls about half of the classified cells blasts and a
+    different number than ``current`` does (so a slider move visibly changes the counts)."""
+    values = np.sort(p_blast[np.isfinite(p_blast)])
+    now = int((values >= current).sum())
+    candidates = np.round((values[1:] + values[:-1]) / 2, 3)
+    usable = [
+        t
+        for t in candidates
+        if 0 < (values >= t).sum() < len(values) and (values >= t).sum() != now
+    ]
+    assert usable, "these probabilities cannot be split by a threshold"
+    return float(min(usable, key=lambda t: abs((values >= t).sum() - len(values) / 2)))
+
+
+def expected_blasts(features, threshold: float) -> int:
+    """Blasts at ``threshold`` with the users' overrides, counted from ``features``."""
+    p_blast = features["p_blast"].to_numpy()
+    calls = np.isfinite(p_blast) & (np.nan_to_num(p_blast, nan=-1.0) >= threshold)
+    override = features["blast_override"].astype("boolean")
+    return int(np.where(override.isna().to_numpy(), calls, override.fillna(False)).sum())
 
 
 def add_smear(viewer, *, name: str = "smear", translate=(0.0, 0.0), grey: bool = False):
