@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 from qtpy.QtWidgets import QApplication
 
-from widget_cases import PLUGIN, isolate_settings, wait_for, wait_until, write_bundles
+from widget_cases import (
+    BLAST_BUNDLE,
+    MUTATION_BUNDLE,
+    PLUGIN,
+    choose_bundle,
+    isolate_settings,
+    split_threshold,
+    wait_for,
+    wait_until,
+)
 
 pytestmark = pytest.mark.gui
 
@@ -34,7 +43,6 @@ def save(viewer, name: str) -> np.ndarray:
 
 def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    blast, mutation = write_bundles(tmp_path / "bundles")
     viewer = make_napari_viewer_proxy(show=True)
     viewer.window.resize(*WINDOW_SIZE)
     (image,) = viewer.open_sample(PLUGIN, "synthetic_npm1")
@@ -48,19 +56,22 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     shots["segment"] = save(viewer, "segment")
 
     dock.setCurrentIndex(1)
-    dock.classify.bundles.folder.value = str(blast)
+    choose_bundle(dock.classify, BLAST_BUNDLE)
     dock.classify.run()
     wait_for(dock.classify)
     session = dock.classify.session
-    p_blast = session.layer.features["p_blast"].to_numpy()
-    dock.classify.threshold.value = round(float(np.nanmedian(p_blast)), 3)
-    wait_until(lambda: session.exact)
     shots["classify"] = save(viewer, "classify")
+    default = session.threshold
+    p_blast = session.layer.features["p_blast"].to_numpy()
+    dock.classify.threshold.value = split_threshold(p_blast, default)
+    wait_until(lambda: session.exact)
+    shots["classify_threshold"] = save(viewer, "classify_threshold")
+    dock.classify.threshold.value = default
+    wait_until(lambda: session.exact)
 
     dock.setCurrentIndex(2)
-    dock.mutation.bundles.folder.value = str(mutation)
-    dock.mutation.min_blasts.value = 5
-    dock.mutation.min_probability.value = 0.2
+    choose_bundle(dock.mutation, MUTATION_BUNDLE)
+    dock.mutation.min_blasts.value = 10  # one 1024 x 1024 field holds a few dozen blasts
     dock.mutation.run()
     wait_for(dock.mutation)
     shots["mutation"] = save(viewer, "mutation")
@@ -72,8 +83,9 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     features = session.layer.features
     label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
     row = session.row_of(label)
-    dock.inspector.table.select_frame_row(row)
-    dock.inspector._row_selected(row)
+    table = dock.inspector.table
+    table.selectRow(table.model_.row_of_frame_row(row))
+    assert session.selected_label == label
     session.set_override(label, not bool(features["is_blast"].iloc[row]))
     shots["inspector"] = save(viewer, "inspector")
 
