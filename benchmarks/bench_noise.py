@@ -319,13 +319,13 @@ def table(rows: list[dict], kind: str, methods: list[str], rates: tuple[float, .
 
 
 def verdict(rows: list[dict], kind: str, methods: list[str]) -> list[str]:
-    """The targets at 20% noise, measured."""
+    """The targets, measured: the 20% noise comparison and (mutation) the slide calls."""
 
     def mean(method: str, rate: float, key: str = "accuracy") -> float | None:
         values = [
             r[key]
             for r in rows
-            if r["method"] == method and r["noise_rate"] == rate and r[key] is not None
+            if r["method"] == method and r["noise_rate"] == rate and r.get(key) is not None
         ]
         return float(np.mean(values)) if values else None
 
@@ -336,29 +336,31 @@ def verdict(rows: list[dict], kind: str, methods: list[str]) -> list[str]:
     robust = {m: v for m, v in robust.items() if v is not None}
     if clean is not None and noisy_ce is not None and robust:
         best = max(robust, key=robust.get)
-        gap_clean = 100.0 * (clean - robust[best])
+        versus_clean = 100.0 * (robust[best] - clean)
         gain = 100.0 * (robust[best] - noisy_ce)
         lines.append(
             f"{kind}: at 20% noise the best robust method is {best} at "
-            f"{100 * robust[best]:.1f}%: {gap_clean:+.1f} points below the noise-free CE model "
-            f"({100 * clean:.1f}%; target <= 2: {'met' if gap_clean <= 2 else 'NOT met'}) and "
-            f"{gain:+.1f} points above CE at 20% ({100 * noisy_ce:.1f}%; target >= 3: "
-            f"{'met' if gain >= 3 else 'NOT met'})."
+            f"{100 * robust[best]:.1f}%, {versus_clean:+.1f} points against the noise-free CE "
+            f"model ({100 * clean:.1f}%; target: no more than 2 points below, "
+            f"{'met' if versus_clean >= -2 else 'NOT met'}) and {gain:+.1f} points against CE "
+            f"at 20% ({100 * noisy_ce:.1f}%; target >= +3, {'met' if gain >= 3 else 'NOT met'})."
         )
     if kind == "mutation":
+        slides = max((r.get("slides_50") or 0 for r in rows), default=0)
         for rate in sorted({r["noise_rate"] for r in rows}):
-            values = [
-                r["slide_accuracy_50"]
-                for r in rows
-                if r["noise_rate"] == rate and r["slide_accuracy_50"] is not None
-            ]
-            if values:
-                slides = max(r["slides_50"] or 0 for r in rows if r["noise_rate"] == rate)
-                lines.append(
-                    f"mutation slide calls at {rate:.0%} noise: {100 * np.mean(values):.1f}% right "
-                    f"on average over methods and seeds ({slides} held-out slides with >= "
-                    f"{SLIDE_TARGET_MIN_BLASTS} blasts; target >= 95%)."
-                )
+            by_method = {m: mean(m, rate, "slide_accuracy_50") for m in methods}
+            by_method = {m: v for m, v in by_method.items() if v is not None}
+            if not by_method:
+                continue
+            best = max(by_method, key=by_method.get)
+            ce = by_method.get("ce")
+            lines.append(
+                f"mutation slide calls at {rate:.0%} noise ({slides} held-out slides with >= "
+                f"{SLIDE_TARGET_MIN_BLASTS} blasts, mean over seeds; target >= 95%): best "
+                f"{best} {100 * by_method[best]:.1f}%"
+                + (f", ce {100 * ce:.1f}%" if ce is not None else "")
+                + "."
+            )
     return lines
 
 
@@ -367,7 +369,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run (a few minutes)")
     parser.add_argument("--models", default="blast,mutation", help="blast, mutation or both")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)"
+    )
     parser.add_argument(
         "--fresh", action="store_true", help="forget the runs measured before (no resume)"
     )
