@@ -133,10 +133,18 @@ def _train_full_batch(name: str, data, steps: int = 1000) -> float:
         return float((network(test_x).argmax(1).numpy() == test_y).mean())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny full-batch MLPs here run fastest on one thread; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ce_accuracy(noisy_blobs):
     """Clean accuracy of the cross-entropy baseline on the noisy blobs."""
-    torch.set_num_threads(1)
     return _train_full_batch("ce", noisy_blobs)
 
 

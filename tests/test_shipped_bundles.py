@@ -9,7 +9,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from blastscope.cli import main
 from blastscope.models.bundle import SHIPPED_DIR
@@ -76,7 +75,6 @@ def test_recorded_commands_name_both_bundles_and_say_not_for_diagnosis():
 def test_recorded_command_with_a_tiny_budget_makes_a_bundle_like_the_shipped_one(
     name, kind, tmp_path
 ):
-    torch.set_num_threads(2)
     argv = with_tiny_budget(recorded_commands()[name], tmp_path / name)
     assert main(argv) == 0
     made = json.loads((tmp_path / name / "bundle" / "bundle.json").read_text())

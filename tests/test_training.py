@@ -51,7 +51,6 @@ SMALL = {"widths": [16, 32, 64], "num_classes": 2, "blocks_per_stage": 1, "dropo
 
 
 def test_blast_training_on_easy_slides_reaches_85_percent(easy_blast_cells, tmp_path):
-    torch.set_num_threads(2)
     config = TrainConfig(epochs=4, batch_size=64, learning_rate=3e-3, seed=0)
     result = run_steps(
         run_experiment_steps(
@@ -90,7 +89,6 @@ def _interrupt_after_first_epoch(steps, batches_per_epoch: int) -> None:
 
 
 def test_resumed_training_ends_with_the_weights_of_an_uninterrupted_run(easy_blast_cells, tmp_path):
-    torch.set_num_threads(1)
     crops, labels = easy_blast_cells.crops[:192], easy_blast_cells.labels[:192]
     val_crops, val_labels = easy_blast_cells.crops[192:256], easy_blast_cells.labels[192:256]
     config = TrainConfig(
@@ -133,7 +131,6 @@ def test_checkpoint_of_other_settings_is_refused(easy_blast_cells, tmp_path):
 
 
 def test_coteaching_estimates_its_forget_rate_when_none_is_given(easy_blast_cells, tmp_path):
-    torch.set_num_threads(2)
     cells = easy_blast_cells
     noisy = inject_noise(cells.labels, cells.slide_ids, 2, NoiseSpec(rate=0.3, seed=1))
     config = TrainConfig(
@@ -178,7 +175,6 @@ def test_slide_noise_flips_whole_slides():
 
 
 def test_cli_trains_a_mutation_bundle_and_refuses_bad_input(tmp_path, capsys):
-    torch.set_num_threads(2)
     out = tmp_path / "mutation"
     code = main(
         ["train", "mutation", "--synthetic", "easy", "--n-slides", "8", "--cells-per-slide",
