@@ -28,7 +28,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def field():
-    return generate_field(21, "default", shape=(512, 512), mutation="PML::RARA")
+    return generate_field(21, "default", shape=(512, 512), mutation="PML::RARA", blast_fraction=0.6)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +70,14 @@ def test_rethreshold_moves_blasts_and_the_call_without_inference(analysed, confi
     result = analysed[0]
     blast_calls = config.blast_model.forward_calls
     mutation_calls = config.mutation_model.forward_calls
-    strict = rethreshold(result, 0.99)
-    relaxed = rethreshold(result, 0.01)
+    strict = rethreshold(result, 1.0)
+    relaxed = rethreshold(result, 0.0)
     assert config.blast_model.forward_calls == blast_calls
     assert config.mutation_model.forward_calls == mutation_calls
     assert strict.n_blasts <= result.n_blasts <= relaxed.n_blasts
     assert relaxed.n_blasts == relaxed.n_nucleated
     assert relaxed.slide_call.n_blasts == relaxed.n_blasts
-    assert relaxed.provenance["blast"]["threshold"] == 0.01
+    assert relaxed.provenance["blast"]["threshold"] == 0.0
     with pytest.raises(PredictionError, match="threshold"):
         rethreshold(result, 1.5)
 
