@@ -16,9 +16,7 @@ from widget_cases import (
     PLUGIN,
     choose_bundle,
     isolate_settings,
-    split_threshold,
     wait_for,
-    wait_until,
 )
 
 pytestmark = pytest.mark.gui
@@ -47,6 +45,8 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     viewer.window.resize(*WINDOW_SIZE)
     (image,) = viewer.open_sample(PLUGIN, "synthetic_npm1")
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "blastscope (all steps)")
+    for stale in SCREENSHOTS.glob("*.png"):
+        stale.unlink()
     shots = {}
 
     dock.setCurrentIndex(0)
@@ -61,13 +61,6 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     wait_for(dock.classify)
     session = dock.classify.session
     shots["classify"] = save(viewer, "classify")
-    default = session.threshold
-    p_blast = session.layer.features["p_blast"].to_numpy()
-    dock.classify.threshold.value = split_threshold(p_blast, default)
-    wait_until(lambda: session.exact)
-    shots["classify_threshold"] = save(viewer, "classify_threshold")
-    dock.classify.threshold.value = default
-    wait_until(lambda: session.exact)
 
     dock.setCurrentIndex(2)
     choose_bundle(dock.mutation, MUTATION_BUNDLE)
@@ -88,6 +81,15 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     assert session.selected_label == label
     session.set_override(label, not bool(features["is_blast"].iloc[row]))
     shots["inspector"] = save(viewer, "inspector")
+
+    dock.setCurrentIndex(4)
+    layer = session.layer
+    layer.brush_size = 12
+    layer.paint(tuple(features[["centroid_y", "centroid_x"]].iloc[row].round().astype(int)), 9999)
+    dock.edit.run_button.native.click()
+    wait_for(dock.edit)
+    assert 9999 in layer.features["label"].tolist()
+    shots["edit"] = save(viewer, "edit")
 
     dock.setCurrentIndex(5)
     dock.export.folder.value = str(tmp_path / "export")

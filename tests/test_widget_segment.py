@@ -43,7 +43,7 @@ def test_segmentation_matches_the_core_and_reruns_in_place(make_napari_viewer_pr
 
     field = smear()
     expected = run_steps(segment_stage(field.image, field.pixel_size_um, widget.params()))
-    assert expected.n_nucleated > 10
+    assert expected.n_nucleated > 0
     layer = viewer.layers["smear cells"]
     np.testing.assert_array_equal(layer.data, expected.labels)
     features = layer.features
