@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint system-deps clean
+.PHONY: demo test lint screenshots system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ lint: $(STAMP)
 
 test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# Refresh the committed screenshots that the README shows (docs/screenshots/).
+screenshots: system-deps $(STAMP)
+	BLASTSCOPE_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest tests/test_screenshots.py
 
 clean:
 	rm -rf $(VENV) demo-output build dist

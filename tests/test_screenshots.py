@@ -1,9 +1,11 @@
 """Screenshots of each dock's result on the synthetic NPM1 sample, opened through the plugin's
-sample data and analysed through the tabbed dock (Xvfb). They are written to docs/screenshots/
-(committed; the README shows one)."""
+sample data and analysed through the tabbed dock (Xvfb). They go to a temporary folder, or to
+the folder named by BLASTSCOPE_SCREENSHOTS: ``make screenshots`` refreshes the committed
+docs/screenshots/ that the README shows."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,6 @@ from widget_cases import (
 
 pytestmark = pytest.mark.gui
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 WINDOW_SIZE = (1500, 950)
 
 
@@ -30,46 +31,52 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-def save(viewer, name: str) -> np.ndarray:
+@pytest.fixture
+def screenshots(tmp_path) -> Path:
+    folder = Path(os.environ.get("BLASTSCOPE_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.png"):
+        stale.unlink()
+    return folder
+
+
+def save(viewer, folder: Path, name: str) -> np.ndarray:
     for _ in range(5):
         QApplication.processEvents()
-    path = SCREENSHOTS / f"{name}.png"
+    path = folder / f"{name}.png"
     shot = viewer.screenshot(str(path), canvas_only=False, flash=False)
     assert path.is_file()
     return shot
 
 
-def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots, tmp_path):
     viewer = make_napari_viewer_proxy(show=True)
     viewer.window.resize(*WINDOW_SIZE)
     (image,) = viewer.open_sample(PLUGIN, "synthetic_npm1")
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "blastscope (all steps)")
-    for stale in SCREENSHOTS.glob("*.png"):
-        stale.unlink()
     shots = {}
 
     dock.setCurrentIndex(0)
     dock.segment.run()
     wait_for(dock.segment)
     assert viewer.layers["synthetic smear (NPM1) cells"].features["is_nucleated"].sum() > 20
-    shots["segment"] = save(viewer, "segment")
+    shots["segment"] = save(viewer, screenshots, "segment")
 
     dock.setCurrentIndex(1)
     choose_bundle(dock.classify, BLAST_BUNDLE)
     dock.classify.run()
     wait_for(dock.classify)
     session = dock.classify.session
-    shots["classify"] = save(viewer, "classify")
+    shots["classify"] = save(viewer, screenshots, "classify")
 
     dock.setCurrentIndex(2)
     choose_bundle(dock.mutation, MUTATION_BUNDLE)
     dock.mutation.min_blasts.value = 10  # one 1024 x 1024 field holds a few dozen blasts
     dock.mutation.run()
     wait_for(dock.mutation)
-    shots["mutation"] = save(viewer, "mutation")
+    shots["mutation"] = save(viewer, screenshots, "mutation")
     dock.mutation.colour_by.value = "mutation class"
-    shots["mutation_classes"] = save(viewer, "mutation_classes")
+    shots["mutation_classes"] = save(viewer, screenshots, "mutation_classes")
     dock.mutation.colour_by.value = "p_blast"
 
     dock.setCurrentIndex(3)
@@ -80,7 +87,7 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     table.selectRow(table.model_.row_of_frame_row(row))
     assert session.selected_label == label
     session.set_override(label, not bool(features["is_blast"].iloc[row]))
-    shots["inspector"] = save(viewer, "inspector")
+    shots["inspector"] = save(viewer, screenshots, "inspector")
 
     dock.setCurrentIndex(4)
     layer = session.layer
@@ -89,13 +96,13 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, tmp_path):
     dock.edit.run_button.native.click()
     wait_for(dock.edit)
     assert 9999 in layer.features["label"].tolist()
-    shots["edit"] = save(viewer, "edit")
+    shots["edit"] = save(viewer, screenshots, "edit")
 
     dock.setCurrentIndex(5)
     dock.export.folder.value = str(tmp_path / "export")
     dock.export.run()
     wait_for(dock.export)
-    shots["export"] = save(viewer, "export")
+    shots["export"] = save(viewer, screenshots, "export")
 
     assert image.name == "synthetic smear (NPM1)"
     for name, shot in shots.items():

@@ -7,6 +7,7 @@ by their modules through ``add_arguments(parser)`` and ``run(args) -> int``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -339,7 +340,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blastscope`` command: 0 on success, 1 with a message on failure."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["blastscope", *argv])
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

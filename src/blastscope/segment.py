@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 import torch
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
+from skimage.segmentation import expand_labels, relabel_sequential
 
 from blastscope.devices import resolve_device
 from blastscope.io import to_rgb_uint8
@@ -99,6 +99,9 @@ class SegmentationParams:
     - ``diameter``: median cell diameter in pixels; ``None`` = from the pixel size when known
       (the model's diameter in µm / pixel size), else estimated (first pass, median mask).
     - ``flow_threshold`` (0-3), ``cellprob_threshold`` (-6..6): Cellpose's mask thresholds.
+      ``cellprob_threshold`` defaults to -1 (Cellpose's own default is 0): chosen for the shipped
+      smear model on 80 BCCD training fields, where it gave the tightest white-cell outlines
+      (box IoU >= 0.7 recall 0.93 against 0.88 at 0).
     - ``normalize_percentiles``: per-channel (low, high) percentiles mapped to 0 and 1.
     - ``min_size_px``: masks smaller than this many pixels are dropped.
     - ``exclude_on_edges``: drop masks that touch the image border.
@@ -112,7 +115,7 @@ class SegmentationParams:
     model: str = SHIPPED_SEGMENTER
     diameter: float | None = None
     flow_threshold: float = 0.4
-    cellprob_threshold: float = 0.0
+    cellprob_threshold: float = -1.0
     normalize_percentiles: tuple[float, float] = (1.0, 99.0)
     min_size_px: int = 15
     exclude_on_edges: bool = False
@@ -319,25 +322,37 @@ def cellpose3_masks(
 ) -> np.ndarray:
     """Cellpose 3's flow dynamics: flows (2, Y, X), logits (Y, X) -> labels (Y, X) int32.
 
-    Holes are filled; small masks are left to the caller.
+    Holes are filled; small masks are left to the caller. Cellpose's quality check (drop a
+    mask whose own flows differ from the network's by more than ``flow_threshold``) spares
+    masks that touch the array's border: the network points a cut cell's flows at the centre
+    of the whole cell, outside the array, so the check would drop every cell cut by the edge.
     """
-    from cellpose import dynamics
+    from cellpose import dynamics, metrics
 
+    dP = dP.astype(np.float32)
     with warnings.catch_warnings():
         # torch warns on every sparse tensor Cellpose builds; nothing for a user to act on.
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         labels = dynamics.resize_and_compute_masks(
-            dP.astype(np.float32),
+            dP,
             cellprob.astype(np.float32),
             niter=niter,
             cellprob_threshold=cellprob_threshold,
-            flow_threshold=flow_threshold,
+            flow_threshold=0.0,
             interp=True,
             min_size=-1,
             max_size_fraction=0.4,
             device=device,
-        )
-    return labels.astype(np.int32)
+        ).astype(np.int32)
+        if flow_threshold > 0 and labels.any():
+            errors, _ = metrics.flow_error(labels, dP, device=device)
+            bad = np.zeros(labels.max() + 1, dtype=bool)
+            bad[1:] = errors > flow_threshold
+            border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            bad[np.unique(border)] = False
+            if bad.any():
+                labels = relabel_sequential(np.where(bad[labels], 0, labels))[0]
+    return labels
 
 
 MASKS_BY_BACKEND = {"cellpose3": cellpose3_masks}
@@ -685,7 +700,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
         raise SegmentationError(
             f"{name} must be between {low:g} and {high:g}, got {value}. "
-            f"Defaults: flow_threshold 0.4, cellprob_threshold 0.0."
+            f"Defaults: flow_threshold 0.4, cellprob_threshold -1."
         )
 
 

@@ -251,6 +251,7 @@ def train_and_report(
             device=args.device,
             resume=args.resume,
             overwrite=args.overwrite,
+            provenance={"command": args.command_line} if "command_line" in args else None,
             **experiment_options,
         ),
         on_progress,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         val_fields=args.val_fields,
         synthetic_eval_fields=args.synthetic_eval_fields,
         overwrite=args.overwrite,
-        command=" ".join(["blastscope", *sys.argv[1:]]),
+        command=getattr(args, "command_line", shlex.join(["blastscope", *sys.argv[1:]])),
     )
     path = run_steps(train_segmenter_steps(config), progress_bars())
     print(f"wrote the segmenter bundle to {path}")

@@ -1,0 +1,275 @@
+"""The Cellpose adapter with the shipped smear model: real Cellpose, real torch, real pixels."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from blastscope.io import ImageInputError
+from blastscope.progress import Progress
+from blastscope.segment import (
+    SegmentationError,
+    SegmentationParams,
+    load_segmenter,
+    recompute_masks,
+    segment,
+    segment_steps,
+    segmenter_choices,
+)
+from blastscope.synthetic import generate_field
+from blastscope.train.segmenter import wbc_box_matches
+from segmentation_cases import bccd_val_segmentations
+
+
+def _mask_iou_matches(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Mask IoU of each truth object with its one-to-one (Hungarian) predicted partner."""
+    n_true, n_pred = int(truth.max()), int(predicted.max())
+    overlap = np.zeros((n_true + 1, n_pred + 1))
+    np.add.at(overlap, (truth.ravel(), predicted.ravel()), 1)
+    area_true = overlap.sum(axis=1, keepdims=True)
+    area_pred = overlap.sum(axis=0, keepdims=True)
+    iou = overlap / np.maximum(area_true + area_pred - overlap, 1)
+    iou = iou[1:, 1:]
+    best = np.zeros(n_true)
+    if iou.size:
+        rows, cols = linear_sum_assignment(-iou)
+        best[rows] = iou[rows, cols]
+    present = area_true[1:, 0] > 0
+    return best[present]
+
+
+class ForwardCounter:
+    """Counts calls of a real network's forward (wraps it; the network still runs)."""
+
+    def __init__(self, net):
+        self.calls = 0
+        self._forward = net.forward
+        net.forward = self
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self._forward(*args, **kwargs)
+
+
+@pytest.fixture
+def counted_network():
+    backend = load_segmenter(SegmentationParams().model, "cpu")
+    counter = ForwardCounter(backend.net)
+    yield counter
+    del backend.net.forward
+
+
+@pytest.fixture(scope="module")
+def synthetic_field():
+    return generate_field(11, "default", shape=(384, 384))
+
+
+@pytest.fixture(scope="module")
+def synthetic_segmentation(synthetic_field):
+    params = SegmentationParams(device="cpu")
+    return segment(synthetic_field.image, synthetic_field.pixel_size_um, params)
+
+
+def test_segments_a_synthetic_field_finding_most_cells(synthetic_field, synthetic_segmentation):
+    labels = synthetic_segmentation.labels
+    assert labels.shape == synthetic_field.image.shape[:2]
+    assert labels.dtype == np.int32
+    assert synthetic_segmentation.dP.shape == (2, *labels.shape)
+    assert synthetic_segmentation.cellprob.shape == labels.shape
+    assert synthetic_segmentation.model_info["pixel_size_source"] == "given"
+    ious = _mask_iou_matches(synthetic_field.labels, labels)
+    # Matching: one-to-one (Hungarian) on mask IoU; a truth cell is found at IoU >= 0.5.
+    assert (ious >= 0.5).mean() >= 0.8
+    nucleated = synthetic_field.cells["is_nucleated"].to_numpy()
+    truth_ids = synthetic_field.cells["label"].to_numpy()
+    present = np.isin(truth_ids, np.unique(synthetic_field.labels))
+    assert (ious[nucleated[present]] >= 0.5).mean() >= 0.9
+
+
+def test_bccd_val_fields_recall_white_cells_at_box_iou_50():
+    """Regression guard on 22 real BCCD val fields: WBC-box recall at box IoU >= 0.5."""
+    ious = []
+    for field, segmentation in bccd_val_segmentations():
+        ious += wbc_box_matches(segmentation.labels, field.boxes)["iou"].tolist()
+    assert len(ious) >= 22
+    assert np.mean(np.array(ious) >= 0.5) >= 0.9
+
+
+def test_recompute_masks_changes_masks_without_calling_the_network(
+    synthetic_field, counted_network
+):
+    segmentation = segment(synthetic_field.image, synthetic_field.pixel_size_um)
+    calls = counted_network.calls
+    assert calls > 0
+    stricter = recompute_masks(segmentation, cellprob_threshold=3.0)
+    assert counted_network.calls == calls
+    assert stricter.params.cellprob_threshold == 3.0
+    assert (stricter.labels > 0).sum() < (segmentation.labels > 0).sum()
+    same = recompute_masks(segmentation)
+    assert counted_network.calls == calls
+    assert np.array_equal(same.labels > 0, segmentation.labels > 0)
+
+
+@pytest.fixture(scope="module")
+def large_field():
+    return generate_field(21, "default", shape=(2048, 2048))
+
+
+def test_tiled_large_field_matches_one_pass_without_cut_or_duplicated_cells(large_field):
+    """2048 x 2048 in 4 tiles of 1024 versus one pass.
+
+    Measure: one-to-one mask-IoU matching between the two label images. Near the tile borders
+    (centroid within 100 px of row or column 1024) at least 95% of the one-pass cells have a
+    tiled partner at IoU >= 0.8 (none cut in two), and at most 2% of the tiled cells there have
+    no partner at IoU >= 0.5 (no duplicates or fragments).
+    """
+    image, pixel_size = large_field.image, large_field.pixel_size_um
+    tiled = segment(image, pixel_size, SegmentationParams(tile_size=1024, device="cpu"))
+    single = segment(image, pixel_size, SegmentationParams(tile_size=2048, device="cpu"))
+    assert tiled.model_info["tiles"] == 4
+    assert single.model_info["tiles"] == 1
+
+    def near_seam(labels: np.ndarray) -> np.ndarray:
+        ids = np.arange(1, labels.max() + 1)
+        rows, cols = np.nonzero(labels)
+        values = labels[rows, cols]
+        counts = np.bincount(values, minlength=len(ids) + 1)[1:]
+        centre_y = np.bincount(values, rows, len(ids) + 1)[1:] / np.maximum(counts, 1)
+        centre_x = np.bincount(values, cols, len(ids) + 1)[1:] / np.maximum(counts, 1)
+        return (np.abs(centre_y - 1024) < 100) | (np.abs(centre_x - 1024) < 100)
+
+    single_to_tiled = _mask_iou_matches(single.labels, tiled.labels)
+    tiled_to_single = _mask_iou_matches(tiled.labels, single.labels)
+    seam_single = near_seam(single.labels)
+    seam_tiled = near_seam(tiled.labels)
+    assert seam_single.sum() > 50
+    assert (single_to_tiled[seam_single] >= 0.8).mean() >= 0.95
+    assert (tiled_to_single[seam_tiled] < 0.5).mean() <= 0.02
+    assert (single_to_tiled >= 0.5).mean() >= 0.97
+    assert np.array_equal(np.unique(tiled.labels), np.arange(tiled.labels.max() + 1))
+
+
+def test_closing_the_generator_after_the_first_tile_stops_the_work(large_field, counted_network):
+    steps = segment_steps(large_field.image, large_field.pixel_size_um, SegmentationParams())
+    first = next(steps)
+    assert isinstance(first, Progress)
+    assert first.stage == "segment"
+    assert first.done < first.total == 4
+    calls_at_first_event = counted_network.calls
+    steps.close()
+    assert counted_network.calls == calls_at_first_event
+    with pytest.raises(StopIteration):
+        next(steps)
+
+
+def download_unavailable_offline_stand_in(url, dst, progress=True):
+    """Stands in for Cellpose's download (no internet in tests): fails as urllib does offline."""
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_named_cellpose_model_offline_says_so_and_names_the_fix(monkeypatch, tmp_path):
+    import cellpose.models
+    import cellpose.utils
+
+    empty = tmp_path / "cellpose-models"
+    empty.mkdir()
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(empty))
+    monkeypatch.setattr(cellpose.models, "MODEL_DIR", empty)
+    monkeypatch.setattr(
+        cellpose.utils, "download_url_to_file", download_unavailable_offline_stand_in
+    )
+    image = generate_field(2, "easy", shape=(128, 128)).image
+    with pytest.raises(SegmentationError) as raised:
+        segment(image, 0.25, SegmentationParams(model="cyto3", device="cpu"))
+    message = str(raised.value)
+    assert "'cyto3' is not on this computer and could not be downloaded" in message
+    assert "smear-cellpose" in message
+    assert "give its path" in message
+    assert not any(empty.iterdir())
+
+
+def test_unknown_model_name_lists_the_choices():
+    with pytest.raises(SegmentationError, match="Unknown segmentation model 'cyto9'") as raised:
+        segment(np.full((64, 64, 3), 200, np.uint8), 0.25, SegmentationParams(model="cyto9"))
+    assert "smear-cellpose" in str(raised.value)
+    assert segmenter_choices()[0] == "smear-cellpose"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (SegmentationParams(diameter=-5.0), "diameter must be a positive number of pixels"),
+        (SegmentationParams(cellprob_threshold=9.0), "cellprob_threshold must be between -6"),
+        (SegmentationParams(flow_threshold=-0.1), "flow_threshold must be between 0 and 3"),
+        (SegmentationParams(normalize_percentiles=(99.0, 1.0)), "0 <= low < high <= 100"),
+        (SegmentationParams(tile_size=64), "tile_size must be at least 256"),
+        (SegmentationParams(min_size_px=-1), "min_size_px must be 0 or more"),
+    ],
+)
+def test_bad_parameters_are_refused_with_the_fix(params, message):
+    with pytest.raises(SegmentationError, match=message):
+        segment(np.full((64, 64, 3), 200, np.uint8), 0.25, params)
+
+
+def test_bad_pixel_size_is_refused():
+    with pytest.raises(SegmentationError, match="pixel_size_um must be a positive number"):
+        segment(np.full((64, 64, 3), 200, np.uint8), -0.2)
+
+
+@pytest.fixture(scope="module")
+def small_field():
+    return generate_field(4, "default", shape=(192, 192))
+
+
+def test_grayscale_image_is_segmented_with_a_notice(small_field):
+    grey = small_field.image.mean(axis=-1).astype(np.uint8)
+    result = segment(grey, small_field.pixel_size_um, SegmentationParams(device="cpu"))
+    assert result.labels.shape == grey.shape
+    assert result.labels.max() > 0
+    assert any("Single-channel image" in notice for notice in result.notices)
+
+
+def test_rgba_16_bit_and_float_images_are_converted_with_notices(small_field):
+    rgb = small_field.image
+    params = SegmentationParams(device="cpu")
+    reference = segment(rgb, small_field.pixel_size_um, params).labels
+    rgba = np.concatenate([rgb, np.full((*rgb.shape[:2], 1), 255, np.uint8)], axis=-1)
+    sixteen = rgb.astype(np.uint16) * 257
+    floating = rgb.astype(np.float32) / 255.0
+    for image, notice in (
+        (rgba, "alpha channel was dropped"),
+        (sixteen, "16-bit values: scaled to 8-bit"),
+        (floating, "Float image in [0, 1]"),
+    ):
+        result = segment(image, small_field.pixel_size_um, params)
+        assert any(notice in text for text in result.notices), notice
+        assert np.array_equal(result.labels > 0, reference > 0)
+
+
+def test_a_stack_and_an_empty_image_are_refused_with_the_fix():
+    with pytest.raises(ImageInputError, match="looks like a stack"):
+        segment(np.zeros((5, 64, 64, 3), np.uint8), 0.25)
+    with pytest.raises(ImageInputError, match="every pixel is 0"):
+        segment(np.zeros((64, 64, 3), np.uint8), 0.25)
+
+
+def test_an_image_without_cells_gives_empty_labels():
+    rng = np.random.default_rng(0)
+    blank = np.clip(rng.normal((226, 222, 232), 2.0, (256, 256, 3)), 0, 255).astype(np.uint8)
+    result = segment(blank, 0.25, SegmentationParams(device="cpu"))
+    assert result.labels.shape == (256, 256)
+    assert result.labels.max() == 0
+
+
+def test_without_a_pixel_size_the_diameter_is_estimated_and_the_default_pixel_size_used(
+    small_field,
+):
+    result = segment(small_field.image, None, SegmentationParams(device="cpu"))
+    assert result.model_info["diameter_source"] == "estimated"
+    assert result.model_info["pixel_size_source"] == "model's default pixel size"
+    expected = result.model_info["diameter_um"] / small_field.pixel_size_um
+    assert result.diameter_px == pytest.approx(expected, rel=0.3)
+    assert any("No pixel size" in notice for notice in result.notices)
