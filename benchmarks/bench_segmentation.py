@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import SHIPPED_SEGMENTER, SegmentationParams, segment
 from blastscope.synthetic import generate_field
 from blastscope.train.bccd_masks import (
-    BCCD_PIXEL_SIZE_UM,
     bccd_root,
     read_fields,
     read_split,

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import Segmentation, SegmentationParams, segment
-from blastscope.train.bccd_masks import BCCD_PIXEL_SIZE_UM, BccdField, read_fields
+from blastscope.train.bccd_masks import BccdField, read_fields
 
 BCCD_DIR = Path(__file__).parent / "data" / "bccd"
 

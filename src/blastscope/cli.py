@@ -1,7 +1,8 @@
 """The ``blastscope`` command line: demo, run, batch, train, evaluate, models.
 
-Each command lives in a function ``_cmd_<name>(args) -> int``; training subcommands are registered
-by their modules through ``add_arguments(parser)`` and ``run(args) -> int``.
+Each command lives in a function ``_cmd_<name>(args) -> int``; the training subcommands and
+``evaluate`` are registered by their modules through ``add_arguments(parser)`` and
+``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="redo slides already done and replace their files"
     )
     batch.set_defaults(handler=_cmd_batch)
+
+    from blastscope.train import assess
+
+    evaluate = commands.add_parser(
+        "evaluate", help=assess.HELP, description=assess.__doc__.split("\n\n")[1]
+    )
+    assess.add_arguments(evaluate)
+    evaluate.set_defaults(handler=assess.run)
 
     models = commands.add_parser("models", help="the model bundles blastscope can use")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

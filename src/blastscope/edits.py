@@ -23,6 +23,7 @@ from blastscope.predict import (
     DEFAULT_BATCH_SIZE,
     apply_blast_threshold,
     classify_blasts_steps,
+    mutation_columns,
     predict_mutation_steps,
 )
 from blastscope.progress import Progress, Steps
@@ -66,14 +67,6 @@ def edited_cells(before: np.ndarray, after: np.ndarray) -> EditedCells:
     return EditedCells(changed=touched[exists], removed=touched[~exists])
 
 
-def _mutation_columns(cells: pd.DataFrame) -> list[str]:
-    return [
-        column
-        for column in cells.columns
-        if column == "mutation_call" or (column.startswith("p_") and column != "p_blast")
-    ]
-
-
 def reclassify_stage(
     image: np.ndarray,
     result: SlideResult,
@@ -113,10 +106,10 @@ def reclassify_stage(
         return result
     old = result.cells
     classified = "p_blast" in old.columns
-    mutation_columns = _mutation_columns(old)
+    scored_columns = mutation_columns(old)
     if classified and blast_model is None:
         raise EditError("These cells were classified: give the blast model to re-classify edits.")
-    if mutation_columns and mutation_model is None:
+    if scored_columns and mutation_model is None:
         raise EditError(
             "These cells carry mutation probabilities: give the mutation model to re-classify "
             "edits."
@@ -146,10 +139,10 @@ def reclassify_stage(
             kept = previous.reindex(new["label"].to_numpy()).to_numpy()
             new["blast_override"] = pd.array(kept, dtype="boolean")
             new = apply_blast_threshold(new, threshold)
-    if mutation_columns:
+    if scored_columns:
         mutation = as_classifier(mutation_model, "mutation")
         expected = sorted(f"p_{name}" for name in mutation.classes)
-        if expected != sorted(column for column in mutation_columns if column != "mutation_call"):
+        if expected != sorted(column for column in scored_columns if column != "mutation_call"):
             raise EditError(
                 f"The mutation model {mutation.name} has classes {list(mutation.classes)}, but "
                 "the cells were scored with other classes; use the model the result was made with."

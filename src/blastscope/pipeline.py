@@ -18,6 +18,7 @@ from blastscope.predict import (
     DEFAULT_BATCH_SIZE,
     apply_blast_threshold,
     classify_blasts_steps,
+    mutation_columns,
     predict_mutation_steps,
     refresh_mutation_calls,
 )
@@ -176,7 +177,7 @@ def classify_stage(
     """
     classifier = as_classifier(model, "blast")
     rgb, _ = to_rgb_uint8(image)
-    cells = _without_mutation_columns(result.cells)
+    cells = result.cells.drop(columns=mutation_columns(result.cells))
     cells = yield from classify_blasts_steps(
         rgb,
         result.labels,
@@ -236,15 +237,6 @@ def _call(cells, classes, settings: SlideCallSettings):
         min_blasts=settings.min_blasts,
         min_probability=settings.min_probability,
     )
-
-
-def _without_mutation_columns(cells):
-    mutation_columns = [
-        column
-        for column in cells.columns
-        if column == "mutation_call" or (column.startswith("p_") and column != "p_blast")
-    ]
-    return cells.drop(columns=mutation_columns)
 
 
 def rethreshold(

@@ -40,6 +40,15 @@ def mutation_column(class_name: str) -> str:
     return f"p_{class_name}"
 
 
+def mutation_columns(cells: pd.DataFrame) -> list[str]:
+    """The columns the mutation model wrote into ``cells``: ``p_<class>`` and ``mutation_call``."""
+    return [
+        column
+        for column in cells.columns
+        if column == "mutation_call" or (column.startswith("p_") and column != "p_blast")
+    ]
+
+
 def _check_cells(cells: pd.DataFrame, needed: tuple[str, ...], hint: str) -> None:
     if not isinstance(cells, pd.DataFrame):
         raise PredictionError(

@@ -8,9 +8,9 @@ from blastscope.io import Field, read_field
 
 SAMPLES_DIR = Path(__file__).parent / "data" / "samples"
 BCCD_SAMPLE = SAMPLES_DIR / "bccd_BloodImage_00010.jpg"
-# BCCD publishes no pixel size. Red cells (7.5 µm across) span about 80-85 px in its 640x480
-# fields, hence about 0.09 µm per pixel (a 100x objective).
-BCCD_PIXEL_SIZE_UM = 0.09
+BCCD_PIXEL_SIZE_UM = 0.08
+"""µm per pixel of BCCD's 640x480 fields, which record none: isolated disc-shaped red cells
+measure a median 95-100 px across (red-cell boxes 103 px) for a 7.5-8 µm erythrocyte."""
 # One fixed seed per mutation class so that each sample looks the same every time.
 SYNTHETIC_SAMPLE_SEEDS = {"PML::RARA": 11, "NPM1": 12, "CBFB::MYH11": 13, "RUNX1::RUNX1T1": 14}
 SYNTHETIC_SAMPLE_SHAPE = (1024, 1024)

@@ -23,9 +23,8 @@ an instance label image of *every* cell:
   loss weight (:data:`CLUMP_WEIGHT`): the network learns to separate touching red cells mostly
   from the synthetic fields, whose masks are exact.
 
-The BCCD pixel size is not recorded; :data:`BCCD_PIXEL_SIZE_UM` is estimated from the red cells
-(isolated disc-shaped red cells measure a median 95-100 px across, red-cell boxes 103 px,
-for a 7.5-8 µm erythrocyte).
+The BCCD pixel size is not recorded; :data:`blastscope.samples.BCCD_PIXEL_SIZE_UM` is estimated
+from the red cells.
 """
 
 from __future__ import annotations
@@ -43,9 +42,7 @@ from skimage.morphology import remove_small_holes
 from skimage.segmentation import watershed
 
 from blastscope.cells import nuclear_stain_index, optical_density
-
-BCCD_PIXEL_SIZE_UM = 0.08
-"""µm per pixel of the 640x480 BCCD fields, from the red cells' size (see the module text)."""
+from blastscope.samples import BCCD_PIXEL_SIZE_UM
 
 RBC_DIAMETER_UM = 7.5
 RBC_DIAMETER_PX = RBC_DIAMETER_UM / BCCD_PIXEL_SIZE_UM

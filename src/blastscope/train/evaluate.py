@@ -1,5 +1,6 @@
 """Evaluation of a trained classifier: metrics, calibration and the report folder.
 
+- :func:`probabilities_steps`: a classifier's probabilities for uint8 crops, batch by batch.
 - :func:`classification_metrics`: accuracy, balanced accuracy, per-class precision / recall / F1,
   the confusion matrix (rows true, columns predicted), one-vs-rest ROC AUC and the expected
   calibration error (ECE: the confidence-weighted gap between confidence and accuracy over 15
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,35 @@ import torch
 from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
 
+from blastscope.crops import uint8_to_crops
+from blastscope.devices import resolve_device
+from blastscope.models.classifier import Classifier
+from blastscope.progress import Progress
+
 ECE_BINS = 15
+
+
+def probabilities_steps(
+    classifier: Classifier,
+    crops: np.ndarray,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 256,
+    stage: str = "evaluate",
+) -> Generator[Progress, None, np.ndarray]:
+    """Class probabilities (N, K) float64 of uint8 crops (N, h, w, 3), one Progress per batch."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}.")
+    target = resolve_device(device)
+    n_batches = math.ceil(len(crops) / batch_size)
+    outputs = []
+    for batch in range(n_batches):
+        chunk = crops[batch * batch_size : (batch + 1) * batch_size]
+        outputs.append(classifier.probabilities(uint8_to_crops(chunk, target)).cpu().numpy())
+        yield Progress(stage, batch + 1, n_batches)
+    if not outputs:
+        return np.empty((0, len(classifier.classes)))
+    return np.concatenate(outputs).astype(np.float64)
 
 
 def confusion_matrix(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -263,15 +292,16 @@ def write_report(
     probabilities: np.ndarray,
     true: np.ndarray,
     classes: Sequence[str],
-    history: Sequence[dict[str, Any]],
-    best_epoch: int,
+    history: Sequence[dict[str, Any]] | None = None,
+    best_epoch: int | None = None,
     labels_note: str = "clean labels",
 ) -> dict[str, Path]:
     """Write ``metrics.json`` and the PNGs of the test evaluation into ``folder``.
 
     ``metrics`` is written as given (it holds the test metrics under ``"test"`` and whatever else
     the trainer adds); the figures are drawn from ``probabilities`` (N, K) and ``true`` (N,);
-    ``labels_note`` says in the titles which labels the test was scored against.
+    ``labels_note`` says in the titles which labels the test was scored against; the training
+    curves are drawn when a ``history`` is given.
     Returns the paths written by name.
     """
     folder = Path(folder)
@@ -289,7 +319,10 @@ def write_report(
         "reliability": plot_reliability(
             test["calibration_bins"], test["ece"], folder / "reliability.png", "Reliability (test)"
         ),
-        "training": plot_training_curves(history, best_epoch, folder / "training_curves.png"),
     }
+    if history:
+        written["training"] = plot_training_curves(
+            history, best_epoch or len(history), folder / "training_curves.png"
+        )
     written["metrics"].write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return written

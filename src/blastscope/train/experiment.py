@@ -158,6 +158,16 @@ def blast_slide_metrics(
     }
 
 
+def labels_per_slide(
+    labels: np.ndarray, slide_ids: np.ndarray, classes: tuple[str, ...]
+) -> dict[str, str]:
+    """Each slide's label: the most common label of its cells (they all share it for bags)."""
+    return {
+        str(slide): classes[int(np.bincount(labels[slide_ids == slide]).argmax())]
+        for slide in np.unique(slide_ids.astype(str))
+    }
+
+
 def mutation_slide_metrics(
     probabilities: np.ndarray,
     slide_ids: np.ndarray,
@@ -324,10 +334,7 @@ def run_experiment_steps(
         )
     if kind == "mutation" and split.by == "slide":
         test_slides = cells.slide_ids[split.test]
-        slide_truth = {
-            str(slide): cells.classes[int(np.bincount(test_truth[test_slides == slide]).argmax())]
-            for slide in np.unique(test_slides.astype(str))
-        }
+        slide_truth = labels_per_slide(test_truth, test_slides, cells.classes)
         metrics["test_slides"] = mutation_slide_metrics(
             test_probabilities,
             test_slides,

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from blastscope.crops import uint8_to_crops
-from blastscope.devices import resolve_device
 from blastscope.models.classifier import MUTATION_CLASSES, load_classifier
+from blastscope.progress import run_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS
 from blastscope.train.datasets import CellSet, DatasetError
+from blastscope.train.evaluate import probabilities_steps
 from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
 
 HELP = "train the mutation classifier on blasts with slide (bag) labels, noise-robust options"
@@ -95,17 +95,9 @@ def filter_blasts(
         cutoff = classifier.threshold if threshold is None else threshold
         if not 0.0 <= cutoff <= 1.0:
             raise DatasetError(f"--blast-threshold must be in [0, 1], got {cutoff}.")
-        target = resolve_device(device)
-        p_blast = np.concatenate(
-            [
-                classifier.probabilities(
-                    uint8_to_crops(cells.crops[start : start + _FILTER_BATCH], target)
-                )[:, 1]
-                .cpu()
-                .numpy()
-                for start in range(0, len(cells), _FILTER_BATCH)
-            ]
-        )
+        p_blast = run_steps(
+            probabilities_steps(classifier, cells.crops, device=device, batch_size=_FILTER_BATCH)
+        )[:, 1]
         kept = p_blast >= cutoff
         record = {
             "blast_filter": "model",

@@ -37,6 +37,14 @@ from blastscope.train.noise import NOISE_KINDS
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, training, noise and output options of both trainers."""
+    add_data_arguments(parser)
+    _add_training_arguments(parser)
+
+
+def add_data_arguments(
+    parser: argparse.ArgumentParser, *, crop_options: bool = True, split_options: bool = True
+) -> None:
+    """Where the cells come from (:func:`load_cells`); crop size and split fractions optional."""
     data = parser.add_argument_group("data (one source)")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -64,18 +72,22 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--cells-per-slide", type=int, default=100, help="synthetic cells per slide (default 100)"
     )
     data.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic slides")
-    data.add_argument(
-        "--window-um", type=float, default=DEFAULT_WINDOW_UM, help="crop window side in µm"
-    )
-    data.add_argument(
-        "--pixel-size-um",
-        type=float,
-        default=DEFAULT_CROP_PIXEL_SIZE_UM,
-        help="µm per pixel of the crops",
-    )
-    data.add_argument("--val-fraction", type=float, default=0.15)
-    data.add_argument("--test-fraction", type=float, default=0.15)
+    if crop_options:
+        data.add_argument(
+            "--window-um", type=float, default=DEFAULT_WINDOW_UM, help="crop window side in µm"
+        )
+        data.add_argument(
+            "--pixel-size-um",
+            type=float,
+            default=DEFAULT_CROP_PIXEL_SIZE_UM,
+            help="µm per pixel of the crops",
+        )
+    if split_options:
+        data.add_argument("--val-fraction", type=float, default=0.15)
+        data.add_argument("--test-fraction", type=float, default=0.15)
 
+
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training = parser.add_argument_group("training")
     training.add_argument(
         "--method", choices=METHODS, default="ce", help="loss or sample selection (default ce)"
@@ -298,5 +310,7 @@ def run_guarded(run: Any, args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         return run(args)
     except (DatasetError, TrainingError, DeviceError, FileExistsError, ValueError) as error:
-        print(f"blastscope train: error: {error}", file=sys.stderr)
+        words = ["blastscope", getattr(args, "command", None), getattr(args, "trainer", None)]
+        command = " ".join(word for word in words if word)
+        print(f"{command}: error: {error}", file=sys.stderr)
         return 2

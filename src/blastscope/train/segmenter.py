@@ -55,6 +55,7 @@ from scipy.optimize import linear_sum_assignment
 from blastscope.devices import resolve_device
 from blastscope.models.bundle import save_bundle
 from blastscope.progress import Progress, run_steps
+from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import (
     ARCHITECTURE_NAME,
     SegmentationParams,
@@ -62,7 +63,6 @@ from blastscope.segment import (
     segment,
 )
 from blastscope.train.bccd_masks import (
-    BCCD_PIXEL_SIZE_UM,
     bccd_root,
     derive_masks,
     read_fields,
