@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/bench_crops.py [--cells 2000] [--device cpu] \
         [--threads 2]
 
-The field is the package's real BCCD sample (0.09 µm/px) tiled 4 × 4 (1920 × 2560 px); cell
+The field is the package's real BCCD sample (0.08 µm/px) tiled 4 × 4 (1920 × 2560 px); cell
 centres are drawn uniformly over it and a little beyond (border crops included). Crops are the
 classifier's default: a 24 µm window at 0.5 µm/px (48 × 48 px), so the image is block-averaged
 (5 × 5) before sampling. Three per-cell loops produce the same crops (asserted within one grey

@@ -270,7 +270,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
                 "path": str(path),
                 "classes": metadata.get("classes"),
                 "sha256": metadata["weights_sha256"],
-                "dataset": training.get("dataset"),
+                "dataset": training.get("dataset") or training.get("data"),
                 "command": training.get("command"),
                 "git_commit": training.get("git_commit"),
             }
@@ -283,10 +283,38 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
         print(f"{row['name']}  [{row['kind']}] {row['source']}{demo}")
         print(f"    sha256 {row['sha256'][:16]}…  {row['path']}")
         if row["dataset"]:
-            print(f"    trained on: {row['dataset']}")
+            print(f"    trained on: {_describe_dataset(row['dataset'])}")
         if row["command"]:
             print(f"    made by: {row['command']}")
     return 0
+
+
+def _describe_dataset(dataset: dict) -> str:
+    """One line for a bundle's ``training.dataset`` record (the JSON listing has all of it)."""
+    if "bccd_train_fields" in dataset:  # a segmenter
+        return (
+            f"{dataset['bccd_train_fields']} BCCD training fields (masks derived from the boxes) "
+            f"and {dataset.get('synthetic_fields')} synthetic fields"
+        )
+    source = dataset.get("source", {})
+    if source.get("kind") == "synthetic":
+        words = [
+            f"synthetic preset {source.get('preset')}, {source.get('n_slides')} slides x "
+            f"{source.get('cells_per_slide')} cells, data seed {source.get('seed')}"
+        ]
+    else:
+        words = [str(source.get("kind", "unknown source"))]
+        if source.get("root"):
+            words[0] += f" at {source['root']}"
+    if source.get("blast_filter"):
+        words.append(f"blasts by {source['blast_filter']} ({source.get('cells_kept')} cells kept)")
+    split = dataset.get("split", {})
+    if split:
+        words.append(
+            f"split by {split.get('by')}: train / val / test {split.get('train_cells')} / "
+            f"{split.get('val_cells')} / {split.get('test_cells')} cells"
+        )
+    return "; ".join(words)
 
 
 def progress_bars(stream=None) -> Callable[[Progress], None]:
