@@ -15,7 +15,7 @@ from widget_cases import (
     BLAST_BUNDLE,
     MUTATION_BUNDLE,
     PLUGIN,
-    add_smear_with_cells,
+    add_classified_smear,
     choose_bundle,
     isolate_settings,
     notifications,
@@ -35,11 +35,7 @@ def _settings(monkeypatch, tmp_path):
 def analysed_viewer(make_viewer):
     """(viewer, session, classify, mutation, edit docks): the smear classified, mutation run."""
     viewer = make_viewer()
-    _, session = add_smear_with_cells(viewer)
-    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    choose_bundle(classify, BLAST_BUNDLE)
-    classify.run()
-    wait_for(classify)
+    session, classify = add_classified_smear(viewer)
     _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
     choose_bundle(mutation, MUTATION_BUNDLE)
     mutation.min_blasts.value = 5

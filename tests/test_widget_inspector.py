@@ -13,15 +13,12 @@ from scipy import ndimage as ndi
 from blastscope.crops import extract_crops
 from blastscope.widgets._colours import FORCED_BLAST
 from widget_cases import (
-    BLAST_BUNDLE,
     PLUGIN,
-    add_smear_with_cells,
-    choose_bundle,
+    add_classified_smear,
     expected_blasts,
     isolate_settings,
     notifications,
     smear,
-    wait_for,
     wait_until,
 )
 
@@ -36,11 +33,7 @@ def _settings(monkeypatch, tmp_path):
 def inspected_viewer(make_napari_viewer):
     """(viewer, session, classify dock, inspector dock) with the smear's cells classified."""
     viewer = make_napari_viewer(show=True)  # shown: canvas clicks map to the right place
-    _, session = add_smear_with_cells(viewer)
-    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    choose_bundle(classify, BLAST_BUNDLE)
-    classify.run()
-    wait_for(classify)
+    session, classify = add_classified_smear(viewer)
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
     return viewer, session, classify, inspector
 

@@ -14,6 +14,7 @@ from widget_cases import (
     BLAST_BUNDLE,
     MUTATION_BUNDLE,
     PLUGIN,
+    add_classified_smear,
     add_smear_with_cells,
     cancel_at_first_progress,
     choose_bundle,
@@ -37,11 +38,7 @@ def classified_viewer(make_viewer):
     """A viewer with the smear's cells classified; returns (viewer, session, classify, mutation
     docks)."""
     viewer = make_viewer()
-    _, session = add_smear_with_cells(viewer)
-    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
-    choose_bundle(classify, BLAST_BUNDLE)
-    classify.run()
-    wait_for(classify)
+    session, classify = add_classified_smear(viewer)
     _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
     choose_bundle(mutation, MUTATION_BUNDLE)
     return viewer, session, classify, mutation

@@ -102,6 +102,17 @@ def add_smear_with_cells(viewer, **image_options) -> tuple[object, CellsSession]
     return image, show_result(viewer, image, smear_cells())
 
 
+def add_classified_smear(viewer) -> tuple[CellsSession, object]:
+    """The smear, its cells layer and the Classify blasts dock run with the shipped blast
+    bundle; returns (session, classify dock)."""
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    choose_bundle(classify, BLAST_BUNDLE)
+    classify.run()
+    wait_for(classify)
+    return session, classify
+
+
 def wait_for(widget, timeout_s: float = 60.0) -> None:
     """Process events until the widget's run has finished."""
     deadline = time.monotonic() + timeout_s
