@@ -27,7 +27,9 @@ table gives the test accuracy against the clean labels (mean ± sd over seeds).
   nucleated cells (their true blasts; 85% of the slides train, 15% validate) and 24 held-out
   test slides x 240 nucleated cells, 6 epochs; 24 µm crops at 0.5 µm/px, ``blastnet`` at its
   default widths, batch 128, AdamW 2e-3 on a cosine. ``--quick``: fewer slides, 5 epochs,
-  one seed, 0% and 20% noise.
+  one seed, 0% and 20% noise. ``--epochs N`` trains longer (or shorter) on the same data and
+  ``--rates`` picks the noise rates, e.g. ``--models blast --epochs 20 --rates 0,0.2``: with 6
+  epochs and the best epoch chosen on validation, plain CE stops before it memorises the noise.
 - Crops are rendered once and cached under ``benchmarks/results/noise_cache/`` (git-ignored),
   keyed by the sizes and a hash of the generator's source.
 
@@ -46,7 +48,7 @@ import csv
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -375,14 +377,29 @@ def main() -> None:
     parser.add_argument(
         "--fresh", action="store_true", help="forget the runs measured before (no resume)"
     )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="train every model this many epochs instead of the mode's budget (a longer budget "
+        "shows whether plain CE memorises the noise); results go to noise[_quick]_epochsN",
+    )
+    parser.add_argument(
+        "--rates", help="comma-separated noise rates instead of the mode's (e.g. 0,0.2)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
+    if args.epochs is not None:
+        sizes = replace(sizes, blast_epochs=args.epochs, mutation_epochs=args.epochs)
+    if args.rates:
+        sizes = replace(sizes, rates=tuple(float(rate) for rate in args.rates.split(",")))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    name = "noise_quick" if args.quick else "noise"
+    name = ("noise_quick" if args.quick else "noise") + (
+        f"_epochs{args.epochs}" if args.epochs is not None else ""
+    )
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
     if args.fresh:
@@ -393,7 +410,7 @@ def main() -> None:
     started = time.perf_counter()
     all_rows: list[dict] = []
     report: list[str] = [
-        f"Noise benchmark ({'quick' if args.quick else 'full'}): preset {PRESET}, "
+        f"Noise benchmark ({name}): preset {PRESET}, "
         f"{WINDOW_UM:g} µm crops at {PIXEL_SIZE_UM:g} µm/px, seeds {list(sizes.seeds)}, "
         "symmetric noise per cell in the train and validation labels.",
         "",
