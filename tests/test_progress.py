@@ -1,3 +1,6 @@
+import io
+
+from blastscope.cli import progress_bars
 from blastscope.progress import Progress, run_steps
 
 
@@ -23,3 +26,14 @@ def test_closing_a_stage_after_the_first_event_stops_it_and_cleans_up():
     stage.close()
     assert first.done == 1
     assert cleaned == ["closed"]
+
+
+def test_progress_in_a_log_is_a_line_per_tenth_of_each_stage():
+    log = io.StringIO()  # not a terminal: no bars redrawn, plain lines
+    show = progress_bars(log)
+    run_steps(counting_stage(20, []), show)
+    show(Progress("segment", 1, 1, "tile 1 of 1"))
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "count: 2/20"
+    assert lines[-2:] == ["count: 20/20", "segment: 1/1 (tile 1 of 1)"]
+    assert len(lines) == 11

@@ -318,8 +318,25 @@ def _describe_dataset(dataset: dict) -> str:
 
 
 def progress_bars(stream=None) -> Callable[[Progress], None]:
-    """A Progress handler that keeps one tqdm line per stage on ``stream`` (stderr)."""
+    """A Progress handler that keeps one tqdm line per stage on ``stream`` (stderr).
+
+    Where the stream is not a terminal (a log file, CI) it prints a plain line per stage at each
+    tenth of the way and at the end instead of redrawing bars.
+    """
     from tqdm import tqdm
+
+    out = stream or sys.stderr
+    if not getattr(out, "isatty", lambda: False)():
+        tenths: dict[str, int] = {}
+
+        def log(event: Progress) -> None:
+            tenth = 10 * event.done // max(event.total, 1)
+            if tenth > tenths.get(event.stage, 0) or (event.done == event.total == 0):
+                tenths[event.stage] = tenth
+                note = f" ({event.message})" if event.message else ""
+                print(f"{event.stage}: {event.done}/{event.total}{note}", file=out, flush=True)
+
+        return log
 
     bars: dict[str, tqdm] = {}
     layout = "{desc}: {percentage:3.0f}%|{bar:30}| {n}/{total} {postfix}"
@@ -333,7 +350,7 @@ def progress_bars(stream=None) -> Callable[[Progress], None]:
                 position=len(bars),
                 leave=False,
                 bar_format=layout,
-                file=stream or sys.stderr,
+                file=out,
             )
         if bar.total != event.total:
             bar.reset(total=event.total)
