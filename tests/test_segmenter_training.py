@@ -78,6 +78,7 @@ def test_shipped_bundle_records_its_provenance_and_metrics():
     )
     training = metadata["training"]
     assert training["command"].startswith("blastscope train segmenter")
+    assert training["command"] in (shipped.path.parent / "TRAINING.md").read_text(encoding="utf-8")
     assert len(training["git_commit"]) == 40
     assert "val never used" in training["data"]["bccd_split"]
     assert metadata["metrics"]["bccd_val"]["n_boxes"] >= 87

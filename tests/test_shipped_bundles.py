@@ -19,11 +19,12 @@ TINY_BUDGET = {"--n-slides": "6", "--cells-per-slide": "24", "--epochs": "1"}
 
 
 def recorded_commands() -> dict[str, list[str]]:
-    """Bundle name -> the argument list of the `blastscope train ...` command that made it."""
+    """Classifier bundle name -> the argument list of the `blastscope train blast|mutation ...`
+    command that made it (the segmenter's command is checked in test_segmenter_training.py)."""
     text = COMMANDS_FILE.read_text(encoding="utf-8").replace("\\\n", " ")
     commands = {}
     for line in text.splitlines():
-        if line.strip().startswith("blastscope train "):
+        if line.strip().startswith(("blastscope train blast ", "blastscope train mutation ")):
             argv = shlex.split(line.strip())[1:]
             commands[argv[argv.index("--name") + 1]] = argv
     return commands
