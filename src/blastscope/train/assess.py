@@ -34,7 +34,7 @@ from blastscope.train.experiment import (
     labels_per_slide,
     mutation_slide_metrics,
 )
-from blastscope.train.mutation import BLAST_FILTERS, filter_blasts
+from blastscope.train.mutation import add_blast_filter_arguments, filter_blasts
 from blastscope.train.options import add_data_arguments, load_cells, run_guarded
 
 HELP = "score a trained blast or mutation bundle on held-out cells and write its report"
@@ -51,15 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threshold", type=float, help="blast bundles: p_blast threshold (default: the bundle's)"
     )
-    group.add_argument(
-        "--blast-filter",
-        choices=BLAST_FILTERS,
-        default="model",
-        help="mutation bundles: which cells count as blasts (as in `train mutation`)",
-    )
-    group.add_argument(
-        "--blast-model", default="blast-demo", help="blast bundle for --blast-filter model"
-    )
+    add_blast_filter_arguments(group)  # mutation bundles, as in `train mutation`
     group.add_argument("--min-blasts", type=int, default=DEFAULT_MIN_BLASTS)
     group.add_argument("--batch-size", type=int, default=256, help="cells per network batch")
     group.add_argument(
@@ -162,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
             cells,
             args.blast_filter,
             blast_model=args.blast_model,
-            threshold=None,
+            threshold=args.blast_threshold,
             device=args.device,
         )
     metrics = run_steps(

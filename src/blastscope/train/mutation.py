@@ -40,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(MUTATION_CLASSES),
         help="mutation classes, comma-separated (default: the four AML subtypes)",
     )
+    add_blast_filter_arguments(group)
+    group.add_argument(
+        "--min-blasts",
+        type=int,
+        default=DEFAULT_MIN_BLASTS,
+        help="slide calls abstain below this many blasts",
+    )
+
+
+def add_blast_filter_arguments(group: Any) -> None:
+    """``--blast-filter``, ``--blast-model``, ``--blast-threshold`` on a parser or argument group
+    (see :func:`filter_blasts`)."""
     group.add_argument(
         "--blast-filter",
         choices=BLAST_FILTERS,
@@ -51,12 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--blast-threshold", type=float, help="p_blast threshold (default: the blast bundle's)"
-    )
-    group.add_argument(
-        "--min-blasts",
-        type=int,
-        default=DEFAULT_MIN_BLASTS,
-        help="slide calls abstain below this many blasts",
     )
 
 
