@@ -216,8 +216,10 @@ def run_grid(
     methods: list[str],
     out: Path,
     done: dict[tuple, dict],
+    selection: str = "best",
 ) -> list[dict]:
-    """Every (rate, method, seed) of one model; one result row each.
+    """Every (rate, method, seed) of one model; one result row each (``selection``: which
+    epoch is scored, see ``TrainConfig.epoch_selection``).
 
     Rows already in ``done`` (keyed by model, method, rate, seed) are reused; each new row is
     appended to ``out/runs.jsonl`` as soon as it is measured, so an interrupted run resumes.
@@ -239,6 +241,7 @@ def run_grid(
                     forget_rate=rate if method == "coteaching" else None,
                     augment=AugmentConfig(),
                     seed=seed,
+                    epoch_selection=selection,
                 )
                 result = run_steps(
                     run_experiment_steps(
@@ -386,6 +389,12 @@ def main() -> None:
     parser.add_argument(
         "--rates", help="comma-separated noise rates instead of the mode's (e.g. 0,0.2)"
     )
+    parser.add_argument(
+        "--last-epoch",
+        action="store_true",
+        help="score the final weights instead of the best validation epoch (shows memorisation); "
+        "results go to ..._last",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = QUICK if args.quick else FULL
@@ -397,9 +406,12 @@ def main() -> None:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    name = ("noise_quick" if args.quick else "noise") + (
-        f"_epochs{args.epochs}" if args.epochs is not None else ""
+    name = (
+        ("noise_quick" if args.quick else "noise")
+        + (f"_epochs{args.epochs}" if args.epochs is not None else "")
+        + ("_last" if args.last_epoch else "")
     )
+    selection = "last" if args.last_epoch else "best"
     out = RESULTS / name
     out.mkdir(parents=True, exist_ok=True)
     if args.fresh:
@@ -429,7 +441,7 @@ def main() -> None:
             f"{kind}: train / val / test {split.train.size} / {split.val.size} / "
             f"{split.test.size} cells, {epochs} epochs."
         )
-        rows = run_grid(kind, cells, split, epochs, sizes, methods, out, done)
+        rows = run_grid(kind, cells, split, epochs, sizes, methods, out, done, selection)
         all_rows += rows
         report += [table(rows, kind, methods, sizes.rates), "", *verdict(rows, kind, methods), ""]
     elapsed = time.perf_counter() - started

@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,7 +152,31 @@ def test_coteaching_estimates_its_forget_rate_when_none_is_given(easy_blast_cell
     assert 0.0 <= trained.history[1]["selection_agreement"] <= 1.0
 
 
+def test_last_epoch_selection_keeps_the_final_weights(easy_blast_cells):
+    cells = easy_blast_cells
+    train, val = slice(0, 256), slice(256, 384)
+    arguments = (cells.crops[train], cells.labels[train], cells.crops[val], cells.labels[val], 2)
+    config = TrainConfig(
+        epochs=3, batch_size=64, architecture={"name": "blastnet", "args": SMALL}, seed=4
+    )
+    best = run_steps(train_steps(*arguments, config))
+    last = run_steps(train_steps(*arguments, replace(config, epoch_selection="last")))
+    assert last.best_epoch == 2
+    assert [row["val_accuracy"] for row in last.history] == [
+        row["val_accuracy"] for row in best.history
+    ]
+    chosen = max(best.history, key=lambda row: row["val_accuracy"])
+    assert best.history[best.best_epoch]["val_accuracy"] == chosen["val_accuracy"]
+    final = last.network.state_dict()
+    if best.best_epoch != 2:
+        assert any(
+            not torch.equal(value, final[name]) for name, value in best.network.state_dict().items()
+        )
+
+
 def test_bad_training_settings_name_the_fix():
+    with pytest.raises(TrainingError, match="epoch_selection must be one of best, last"):
+        TrainConfig(epoch_selection="middle")
     with pytest.raises(TrainingError, match="Unknown training method 'mixup'"):
         TrainConfig(method="mixup")
     with pytest.raises(TrainingError, match="takes no parameter beta"):

@@ -60,13 +60,18 @@ class TrainingError(ValueError):
     """Training settings or data that cannot be used; the message says what to change."""
 
 
+EPOCH_SELECTIONS = ("best", "last")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (recorded in the bundle's provenance).
 
     ``method``: a loss name or ``coteaching``; ``loss_params`` override the loss's defaults;
     ``forget_rate``: co-teaching's final forget rate (None: estimated after the first epoch);
-    ``ramp_epochs``: epochs over which the forget rate ramps up (None: a third of the epochs).
+    ``ramp_epochs``: epochs over which the forget rate ramps up (None: a third of the epochs);
+    ``epoch_selection``: ``best`` (the epoch with the best noisy validation accuracy) or ``last``
+    (the final weights, for experiments on memorisation).
     """
 
     method: str = "ce"
@@ -81,6 +86,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     architecture: dict[str, Any] | None = None
     seed: int = 0
+    epoch_selection: str = "best"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -103,6 +109,11 @@ class TrainConfig:
             )
         if self.forget_rate is not None and not 0.0 <= self.forget_rate < 1.0:
             raise TrainingError(f"forget_rate must be in [0, 1), got {self.forget_rate}.")
+        if self.epoch_selection not in EPOCH_SELECTIONS:
+            raise TrainingError(
+                f"epoch_selection must be one of {', '.join(EPOCH_SELECTIONS)}, got "
+                f"{self.epoch_selection!r}."
+            )
         if self.patience is not None and self.patience < 1:
             raise TrainingError(f"patience must be >= 1 epochs (or None), got {self.patience}.")
 
@@ -362,6 +373,13 @@ def train_steps(
             stopped_early = epoch + 1 < config.epochs
             break
 
+    if config.epoch_selection == "last":
+        final = state["history"][-1]
+        index = int(n_networks == 2 and final["val_accuracy_2"] > final["val_accuracy"])
+        state["best"] = (final[f"val_accuracy{'_2' if index else ''}"], final["epoch"], index)
+        state["best_state"] = {
+            key: value.detach().cpu().clone() for key, value in networks[index].state_dict().items()
+        }
     best_network = build_network(architecture)
     best_network.load_state_dict(state["best_state"])
     best_network.eval()
