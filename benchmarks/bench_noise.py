@@ -29,7 +29,8 @@ table gives the test accuracy against the clean labels (mean ± sd over seeds).
   default widths, batch 128, AdamW 2e-3 on a cosine. ``--quick``: fewer slides, 5 epochs,
   one seed, 0% and 20% noise. ``--epochs N`` trains longer (or shorter) on the same data and
   ``--rates`` picks the noise rates, e.g. ``--models blast --epochs 20 --rates 0,0.2``: with 6
-  epochs and the best epoch chosen on validation, plain CE stops before it memorises the noise.
+  epochs and the best epoch chosen on validation, plain CE stops before it memorises the noise;
+  ``--last-epoch`` scores the final weights instead, to see whether it memorises at all.
 - Crops are rendered once and cached under ``benchmarks/results/noise_cache/`` (git-ignored),
   keyed by the sizes and a hash of the generator's source.
 
