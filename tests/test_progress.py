@@ -33,7 +33,8 @@ def test_progress_in_a_log_is_a_line_per_tenth_of_each_stage():
     show = progress_bars(log)
     run_steps(counting_stage(20, []), show)
     show(Progress("segment", 1, 1, "tile 1 of 1"))
+    show(Progress("segment", 1, 1, "tile 1 of 1"))  # the same stage again (the next slide)
     lines = log.getvalue().splitlines()
     assert lines[0] == "count: 2/20"
-    assert lines[-2:] == ["count: 20/20", "segment: 1/1 (tile 1 of 1)"]
-    assert len(lines) == 11
+    assert lines[-3:] == ["count: 20/20", *["segment: 1/1 (tile 1 of 1)"] * 2]
+    assert len(lines) == 12

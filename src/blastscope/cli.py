@@ -331,10 +331,12 @@ def progress_bars(stream=None) -> Callable[[Progress], None]:
 
         def log(event: Progress) -> None:
             tenth = 10 * event.done // max(event.total, 1)
-            if tenth > tenths.get(event.stage, 0) or (event.done == event.total == 0):
-                tenths[event.stage] = tenth
+            finished = event.done >= event.total
+            if finished or tenth > tenths.get(event.stage, 0):
                 note = f" ({event.message})" if event.message else ""
                 print(f"{event.stage}: {event.done}/{event.total}{note}", file=out, flush=True)
+            # a finished stage starts from zero when it runs again (the next slide of a batch)
+            tenths[event.stage] = 0 if finished else tenth
 
         return log
 
