@@ -302,25 +302,26 @@ def _mean_sd(values: list[float]) -> str:
 def table(rows: list[dict], kind: str, methods: list[str], rates: tuple[float, ...]) -> str:
     """Markdown table: clean test accuracy (%) per method and noise rate, mean ± sd over seeds."""
     header = "| method | " + " | ".join(f"{rate:.0%} noise" for rate in rates) + " |"
-    lines = [f"### {kind} model: clean held-out accuracy (%)", "", header]
-    lines.append("|---" * (len(rates) + 1) + "|")
-    for method in methods:
-        cells = []
-        for rate in rates:
-            chosen = [r for r in rows if r["method"] == method and r["noise_rate"] == rate]
-            cells.append(_mean_sd([r["accuracy"] for r in chosen]))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    rule = "|---" * (len(rates) + 1) + "|"
+
+    def method_rows(key: str) -> list[str]:
+        return [
+            f"| {method} | "
+            + " | ".join(
+                _mean_sd(
+                    [r[key] for r in rows if r["method"] == method and r["noise_rate"] == rate]
+                )
+                for rate in rates
+            )
+            + " |"
+            for method in methods
+        ]
+
+    lines = [f"### {kind} model: clean held-out accuracy (%)", "", header, rule]
+    lines += method_rows("accuracy")
     if kind == "mutation":
         lines += ["", f"Slide call right on slides with >= {SLIDE_TARGET_MIN_BLASTS} blasts (%):"]
-        lines.append("")
-        lines.append(header)
-        lines.append("|---" * (len(rates) + 1) + "|")
-        for method in methods:
-            cells = []
-            for rate in rates:
-                chosen = [r for r in rows if r["method"] == method and r["noise_rate"] == rate]
-                cells.append(_mean_sd([r["slide_accuracy_50"] for r in chosen]))
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += ["", header, rule, *method_rows("slide_accuracy_50")]
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ from blastscope.train.experiment import (
     labels_per_slide,
     mutation_slide_metrics,
 )
-from blastscope.train.mutation import add_blast_filter_arguments, filter_blasts
+from blastscope.train.mutation import add_blast_filter_arguments, filter_blasts_as_asked
 from blastscope.train.options import add_data_arguments, load_cells, run_guarded
 
 HELP = "score a trained blast or mutation bundle on held-out cells and write its report"
@@ -150,13 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     show = progress_bars()
     cells = load_cells(args, kind, classifier.classes, show)
     if kind == "mutation":
-        cells = filter_blasts(
-            cells,
-            args.blast_filter,
-            blast_model=args.blast_model,
-            threshold=args.blast_threshold,
-            device=args.device,
-        )
+        cells = filter_blasts_as_asked(cells, args)
     metrics = run_steps(
         evaluate_steps(
             classifier,

@@ -66,6 +66,17 @@ def add_blast_filter_arguments(group: Any) -> None:
     )
 
 
+def filter_blasts_as_asked(cells: CellSet, args: argparse.Namespace) -> CellSet:
+    """:func:`filter_blasts` with the options of :func:`add_blast_filter_arguments`."""
+    return filter_blasts(
+        cells,
+        args.blast_filter,
+        blast_model=args.blast_model,
+        threshold=args.blast_threshold,
+        device=args.device,
+    )
+
+
 def filter_blasts(
     cells: CellSet,
     how: str,
@@ -138,13 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DatasetError(f"--classes needs two or more distinct names, got {args.classes!r}.")
     show = progress_bars()
     cells = load_cells(args, "mutation", classes, show)
-    cells = filter_blasts(
-        cells,
-        args.blast_filter,
-        blast_model=args.blast_model,
-        threshold=args.blast_threshold,
-        device=args.device,
-    )
+    cells = filter_blasts_as_asked(cells, args)
     return train_and_report(
         args, cells, "mutation", show, threshold=None, min_blasts=args.min_blasts
     )
