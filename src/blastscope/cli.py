@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_arguments(evaluate)
     evaluate.set_defaults(handler=assess.run)
 
+    from blastscope.train import crossval_command
+
+    crossval = commands.add_parser(
+        "crossval",
+        help=crossval_command.HELP,
+        description=crossval_command.__doc__.split("\n\n")[1],
+    )
+    crossval_command.add_arguments(crossval)
+
     models = commands.add_parser("models", help="the model bundles blastscope can use")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser(

@@ -80,9 +80,17 @@ class BlastNet(nn.Module):
         self.head = nn.Linear(channels, num_classes)
         self.num_classes = num_classes
 
+    @property
+    def feature_width(self) -> int:
+        """Length of the per-crop embedding :meth:`features` returns."""
+        return self.head.in_features
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled embedding (N, feature_width) the linear head classifies."""
+        return self.pool(self.stages(self.stem(x))).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.pool(self.stages(self.stem(x))).flatten(1)
-        return self.head(self.dropout(features))
+        return self.head(self.dropout(self.features(x)))
 
 
 def _check_blastnet_args(args: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from blastscope.crops import crop_size_px, extract_crops
 from blastscope.io import ImageInputError, read_field
@@ -74,7 +75,8 @@ class CellSet:
     ``labels`` (N,) int64 indices into ``classes``: the labels training sees (inherited from the
     slide for bags); ``slide_ids`` (N,) str, "" where unknown; ``true_labels`` (N,) the clean
     labels where known (the generator), else None; ``is_blast`` (N,) bool truth where known;
-    ``source`` a JSON-ready description of where the cells came from.
+    ``source`` a JSON-ready description of where the cells came from; ``annotations`` an
+    optional per-cell table (N rows; e.g. a CellaVision export's patient, slide and cell type).
     """
 
     crops: np.ndarray
@@ -86,6 +88,7 @@ class CellSet:
     true_labels: np.ndarray | None = None
     is_blast: np.ndarray | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    annotations: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -106,6 +109,9 @@ class CellSet:
             true_labels=pick(self.true_labels),
             is_blast=pick(self.is_blast),
             source=self.source,
+            annotations=None
+            if self.annotations is None
+            else self.annotations.iloc[np.arange(len(self))[index]].reset_index(drop=True),
         )
 
     def class_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
@@ -116,10 +122,13 @@ class CellSet:
 
 
 def parse_folder_map(text: str) -> dict[str, str]:
-    """``"lmu"`` (a named map) or ``"MYO=blast,MOB=blast,LYT=non-blast"`` -> folder -> class."""
+    """Folder -> class from ``"lmu"`` (a named map), ``"MYO=blast,LYT=non-blast"`` or the path of
+    a CSV file with the header ``folder,class`` (folder names may hold commas there)."""
     text = text.strip()
     if text.lower() in NAMED_FOLDER_MAPS:
         return dict(NAMED_FOLDER_MAPS[text.lower()])
+    if text.lower().endswith(".csv") or Path(text).is_file():
+        return read_folder_map_file(text)
     mapping: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         folder, sep, name = item.partition("=")
@@ -130,6 +139,36 @@ def parse_folder_map(text: str) -> dict[str, str]:
                 f"({', '.join(NAMED_FOLDER_MAPS)})."
             )
         mapping[folder.strip()] = name.strip()
+    return mapping
+
+
+def read_folder_map_file(path: str | os.PathLike) -> dict[str, str]:
+    """A CSV with the header ``folder,class``, one folder a row -> folder -> class."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"No folder-map file at {path}: give a CSV with the header folder,class, or a map "
+            "written as FOLDER=CLASS,..."
+        )
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle))
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if header[:2] != ["folder", "class"]:
+        raise DatasetError(
+            f"{path.name} must start with the header folder,class (got {','.join(header)})."
+        )
+    mapping: dict[str, str] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DatasetError(
+                f"{path.name} line {line}: expected folder,class (quote a folder name that holds "
+                'a comma, e.g. "Blast, no lineage spec",blast).'
+            )
+        mapping[row[0].strip()] = row[1].strip()
+    if not mapping:
+        raise DatasetError(f"{path.name} maps no folder: add rows folder,class.")
     return mapping
 
 
@@ -254,13 +293,30 @@ def load_class_folders(
     )
 
 
-def read_slide_labels(csv_path: str | os.PathLike, classes: Sequence[str]) -> dict[str, str]:
-    """Read a ``slide_id,label`` CSV -> slide id -> class name, checking every row."""
+def slide_label_classes(csv_path: str | os.PathLike) -> tuple[str, ...]:
+    """The distinct labels of a ``slide_id,label`` CSV, sorted: the classes it defines."""
+    with open(_slide_label_file(csv_path), newline="", encoding="utf-8-sig") as handle:
+        labels = sorted({(row.get("label") or "").strip() for row in csv.DictReader(handle)} - {""})
+    if len(labels) < 2:
+        raise DatasetError(
+            f"{Path(csv_path).name} holds {len(labels)} distinct label(s); a classifier needs two "
+            "or more (or pass the classes with --classes)."
+        )
+    return tuple(labels)
+
+
+def _slide_label_file(csv_path: str | os.PathLike) -> Path:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DatasetError(
             f"No slide label file at {csv_path}: give a CSV with columns slide_id,label."
         )
+    return csv_path
+
+
+def read_slide_labels(csv_path: str | os.PathLike, classes: Sequence[str]) -> dict[str, str]:
+    """Read a ``slide_id,label`` CSV -> slide id -> class name, checking every row."""
+    csv_path = _slide_label_file(csv_path)
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [name.strip() for name in reader.fieldnames or []]

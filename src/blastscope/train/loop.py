@@ -178,6 +178,30 @@ def predict_logits(
     batch_size: int = _EVAL_BATCH,
 ) -> np.ndarray:
     """Logits (N, K) float32 of uint8 crops (N, h, w, 3) without augmentation, in eval mode."""
+    return _batched_outputs(network, network, crops, mean, std, device, batch_size)
+
+
+def predict_embeddings(
+    network: nn.Module,
+    crops: np.ndarray,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: str | torch.device = "cpu",
+    batch_size: int = _EVAL_BATCH,
+) -> np.ndarray:
+    """The network's per-crop embeddings (N, F) float32 (``network.features``), in eval mode."""
+    return _batched_outputs(network, network.features, crops, mean, std, device, batch_size)
+
+
+def _batched_outputs(
+    network: nn.Module,
+    forward: Any,
+    crops: np.ndarray,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: str | torch.device,
+    batch_size: int,
+) -> np.ndarray:
     device = resolve_device(device)
     network = network.to(device).eval()
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device)
@@ -186,9 +210,10 @@ def predict_logits(
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size]))
-            outputs.append(network(_to_input(chunk.to(device), mean_t, std_t)).float().cpu())
+            outputs.append(forward(_to_input(chunk.to(device), mean_t, std_t)).float().cpu())
     if not outputs:
-        return np.zeros((0, getattr(network, "num_classes", 0)), dtype=np.float32)
+        width = network.num_classes if forward is network else network.feature_width
+        return np.zeros((0, width), dtype=np.float32)
     return torch.cat(outputs).numpy()
 
 

@@ -3,7 +3,11 @@
 Every cell inherits its slide's mutation (bag label). Training and evaluation use only the cells
 that stage 1 calls blasts: ``--blast-filter model`` runs a blast bundle (``--blast-model``, the
 shipped ``blast-demo`` by default) at its threshold (or ``--blast-threshold``); ``truth`` uses the
-generator's truth (synthetic data only); ``none`` keeps every cell (folders that hold blasts only).
+generator's truth (synthetic data only); ``folder-map`` the technologist's cell types of a
+CellaVision export mapped by the cell-type map (the default with ``--cellavision``); ``none``
+keeps every cell (folders that hold blasts only). The classes default to the labels of the data
+(``--bags``, ``--cellavision``; renamed with ``--label-names``), the four AML subtypes for
+``--synthetic``.
 The split is by slide, never by cell; the report scores cells and the pooled slide calls.
 
 Example::
@@ -27,7 +31,7 @@ from blastscope.train.evaluate import probabilities_steps
 from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
 
 HELP = "train the mutation classifier on blasts with slide (bag) labels, noise-robust options"
-BLAST_FILTERS = ("model", "truth", "none")
+BLAST_FILTERS = ("model", "truth", "folder-map", "none")
 _FILTER_BATCH = 512
 
 
@@ -37,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("mutation model")
     group.add_argument(
         "--classes",
-        default=",".join(MUTATION_CLASSES),
-        help="mutation classes, comma-separated (default: the four AML subtypes)",
+        help="classes in logit order, comma-separated (default: the labels of the data; the "
+        f"four AML subtypes {','.join(MUTATION_CLASSES)} for --synthetic)",
     )
     add_blast_filter_arguments(group)
     group.add_argument(
@@ -55,8 +59,9 @@ def add_blast_filter_arguments(group: Any) -> None:
     group.add_argument(
         "--blast-filter",
         choices=BLAST_FILTERS,
-        default="model",
-        help="which cells count as blasts: a blast model's calls, the generator's truth, or all",
+        help="which cells count as blasts: a blast model's calls, the generator's truth, the "
+        "cell-type map of a CellaVision export, or all (default: folder-map for --cellavision, "
+        "else model)",
     )
     group.add_argument(
         "--blast-model", default="blast-demo", help="blast bundle for --blast-filter model"
@@ -68,9 +73,10 @@ def add_blast_filter_arguments(group: Any) -> None:
 
 def filter_blasts_as_asked(cells: CellSet, args: argparse.Namespace) -> CellSet:
     """:func:`filter_blasts` with the options of :func:`add_blast_filter_arguments`."""
+    how = args.blast_filter or ("folder-map" if args.cellavision else "model")
     return filter_blasts(
         cells,
-        args.blast_filter,
+        how,
         blast_model=args.blast_model,
         threshold=args.blast_threshold,
         device=args.device,
@@ -89,14 +95,16 @@ def filter_blasts(
     if how == "none":
         kept = np.ones(len(cells), dtype=bool)
         record: dict[str, Any] = {"blast_filter": "none"}
-    elif how == "truth":
-        if cells.is_blast is None:
+    elif how in ("truth", "folder-map"):
+        expected = "synthetic" if how == "truth" else "cellavision"
+        if cells.is_blast is None or cells.source.get("kind") != expected:
+            needs = "the generator's truth" if how == "truth" else "a CellaVision export"
             raise DatasetError(
-                "--blast-filter truth needs the generator's truth, which these cells do not have. "
-                "Use --blast-filter model (a blast bundle) or none (every cell is a blast)."
+                f"--blast-filter {how} needs {needs}, which these cells do not come from. Use "
+                "--blast-filter model (a blast bundle) or none (every cell is a blast)."
             )
         kept = cells.is_blast.copy()
-        record = {"blast_filter": "truth"}
+        record = {"blast_filter": how}
     else:
         classifier = load_classifier(blast_model, "blast")
         if (classifier.input.window_um, classifier.input.pixel_size_um) != (
@@ -124,7 +132,7 @@ def filter_blasts(
         }
     record["cells_before_filter"] = len(cells)
     record["cells_kept"] = int(kept.sum())
-    if cells.is_blast is not None and how != "truth":
+    if cells.is_blast is not None and how not in ("truth", "folder-map"):
         record["kept_that_are_true_blasts"] = (
             float(cells.is_blast[kept].mean()) if kept.any() else None
         )
@@ -141,12 +149,20 @@ def filter_blasts(
     return filtered
 
 
+def parse_classes(text: str | None) -> tuple[str, ...] | None:
+    """``--classes`` as a tuple of distinct names; None when not given (classes from the data)."""
+    if text is None:
+        return None
+    classes = tuple(name.strip() for name in text.split(",") if name.strip())
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DatasetError(f"--classes needs two or more distinct names, got {text!r}.")
+    return classes
+
+
 def _run(args: argparse.Namespace) -> int:
     from blastscope.cli import progress_bars
 
-    classes = tuple(name.strip() for name in args.classes.split(",") if name.strip())
-    if len(classes) < 2 or len(set(classes)) != len(classes):
-        raise DatasetError(f"--classes needs two or more distinct names, got {args.classes!r}.")
+    classes = parse_classes(args.classes)
     show = progress_bars()
     cells = load_cells(args, "mutation", classes, show)
     cells = filter_blasts_as_asked(cells, args)

@@ -1,16 +1,19 @@
 """Command-line options shared by ``blastscope train blast`` and ``blastscope train mutation``.
 
 Data come from exactly one of ``--synthetic PRESET`` (the generator), ``--folders DIR`` (one
-folder per class; ``--folder-map``) or ``--bags DIR`` (one folder per slide, with
-``--slide-labels CSV``). Real single-cell images are cut to the bundle's window
-(``--window-um``) and crop pixel size (``--pixel-size-um``) from their own pixel size
-(``--source-pixel-size-um``, or the files' metadata): see :mod:`blastscope.train.datasets`.
+folder per class; ``--folder-map``), ``--bags DIR`` (one folder per slide, with
+``--slide-labels CSV``) or ``--cellavision DIR`` (a CellaVision export: one folder per patient,
+cell-type folders inside, with ``--patients CSV``; :mod:`blastscope.train.cellavision`). Real
+single-cell images are cut to the bundle's window (``--window-um``) and crop pixel size
+(``--pixel-size-um``) from their own pixel size (``--source-pixel-size-um``, or the files'
+metadata): see :mod:`blastscope.train.datasets`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +21,26 @@ import torch
 
 from blastscope.devices import DeviceError, resolve_device
 from blastscope.models.architectures import default_architecture
-from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
-from blastscope.progress import run_steps
+from blastscope.models.classifier import (
+    DEFAULT_CROP_PIXEL_SIZE_UM,
+    DEFAULT_WINDOW_UM,
+    MUTATION_CLASSES,
+)
+from blastscope.progress import Progress, run_steps
 from blastscope.train.augment import NO_AUGMENTATION, AugmentConfig
+from blastscope.train.cellavision import (
+    DEFAULT_MAX_IMAGE_SIDE_PX,
+    cellavision_cells_steps,
+    parse_label_names,
+    read_patients,
+)
 from blastscope.train.datasets import (
     CellSet,
     DatasetError,
     load_bags,
     load_class_folders,
     parse_folder_map,
+    slide_label_classes,
     synthetic_cells_steps,
 )
 from blastscope.train.experiment import NOISE_UNITS, NoiseSpec, run_experiment_steps
@@ -38,7 +52,8 @@ from blastscope.train.noise import NOISE_KINDS
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Data, training, noise and output options of both trainers."""
     add_data_arguments(parser)
-    _add_training_arguments(parser)
+    add_training_arguments(parser)
+    _add_noise_and_output_arguments(parser)
 
 
 def add_data_arguments(
@@ -54,18 +69,59 @@ def add_data_arguments(
     source.add_argument(
         "--bags", type=Path, metavar="DIR", help="one folder per slide; needs --slide-labels"
     )
+    source.add_argument(
+        "--cellavision",
+        type=Path,
+        metavar="DIR",
+        help="a CellaVision export: DIR/<patient>/.../Signed slides/<cell type>/<image>; needs "
+        "--patients",
+    )
     data.add_argument("--slide-labels", type=Path, metavar="CSV", help="slide_id,label per slide")
     data.add_argument(
         "--folder-map",
         metavar="MAP",
-        help="folder -> class: 'lmu' (AML-Cytomorphology_LMU) or FOLDER=CLASS,...; default: "
-        "folders are named after the classes",
+        help="folder -> class: 'lmu' (AML-Cytomorphology_LMU), FOLDER=CLASS,... or a CSV file "
+        "with the header folder,class; default: folders are named after the classes (for "
+        "--cellavision: the default cell-type map, classes blast / non-blast / exclude)",
+    )
+    patients = parser.add_argument_group("patients (--cellavision)")
+    patients.add_argument(
+        "--patients", type=Path, metavar="CSV", help="one row per patient: id, label, cohort"
+    )
+    patients.add_argument(
+        "--id-column", metavar="NAME", help="patient id column (default: the first column)"
+    )
+    patients.add_argument(
+        "--label-column",
+        metavar="NAME",
+        help="the label every cell of the patient inherits (diagnosis or mutation)",
+    )
+    patients.add_argument(
+        "--cohort-column", metavar="NAME", help="cohort column (default: a column named cohort)"
+    )
+    patients.add_argument(
+        "--cohort",
+        metavar="NAME[,NAME]",
+        help="the cohort(s) to use; required when the CSV has a cohort column",
+    )
+    patients.add_argument(
+        "--label-names",
+        metavar="LABEL=NAME,...",
+        help="rename labels to class names, e.g. APL=PML::RARA,'AML=other AML'",
+    )
+    patients.add_argument(
+        "--max-image-side-px",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_SIDE_PX,
+        help="skip (and count) images larger than this, e.g. overview fields (default "
+        f"{DEFAULT_MAX_IMAGE_SIDE_PX})",
     )
     data.add_argument(
         "--source-pixel-size-um",
         type=float,
         metavar="UM",
-        help="µm per pixel of the images in the folders (default: from their metadata)",
+        help="µm per pixel of the images in the folders (default: from their metadata; for "
+        "--cellavision measured from the red cells)",
     )
     data.add_argument("--n-slides", type=int, default=40, help="synthetic slides (default 40)")
     data.add_argument(
@@ -87,7 +143,8 @@ def add_data_arguments(
         data.add_argument("--test-fraction", type=float, default=0.15)
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The method, its parameters, the optimiser, the network widths, seed, threads, device."""
     training = parser.add_argument_group("training")
     training.add_argument(
         "--method", choices=METHODS, default="ce", help="loss or sample selection (default ce)"
@@ -124,6 +181,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps"
     )
 
+
+def _add_noise_and_output_arguments(parser: argparse.ArgumentParser) -> None:
     noise = parser.add_argument_group("label noise (experiments)")
     noise.add_argument("--noise-rate", type=float, default=0.0, help="inject this share of flips")
     noise.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric")
@@ -198,9 +257,17 @@ def noise_spec(args: argparse.Namespace) -> NoiseSpec:
 
 
 def load_cells(
-    args: argparse.Namespace, kind: str, classes: tuple[str, ...], on_progress: Any
+    args: argparse.Namespace, kind: str, classes: tuple[str, ...] | None, on_progress: Any
 ) -> CellSet:
-    """Read or make the cells the options ask for."""
+    """Read or make the cells the options ask for.
+
+    ``classes`` None (mutation models): the label values of the data (``--bags``,
+    ``--cellavision``), the four default mutation classes for ``--synthetic``.
+    """
+    if args.cellavision:
+        return run_steps(cellavision_cells_as_asked(args, kind, classes), on_progress)
+    if args.synthetic and classes is None:
+        classes = MUTATION_CLASSES
     if args.synthetic:
         return run_steps(
             synthetic_cells_steps(
@@ -228,6 +295,8 @@ def load_cells(
         raise DatasetError(
             "--bags needs --slide-labels CSV (columns slide_id,label) giving each slide's label."
         )
+    if classes is None:
+        classes = slide_label_classes(args.slide_labels)
     return load_bags(
         args.bags,
         args.slide_labels,
@@ -235,6 +304,36 @@ def load_cells(
         window_um=args.window_um,
         pixel_size_um=args.pixel_size_um,
         source_pixel_size_um=args.source_pixel_size_um,
+    )
+
+
+def cellavision_cells_as_asked(
+    args: argparse.Namespace, kind: str, classes: tuple[str, ...] | None
+) -> Generator[Progress, None, CellSet]:
+    """:func:`~blastscope.train.cellavision.cellavision_cells_steps` with the options."""
+    if args.patients is None:
+        raise DatasetError(
+            "--cellavision needs --patients CSV: one row per patient with its id (the patient "
+            "folder's name), its label (--label-column) and, where there are several, its cohort."
+        )
+    patients = read_patients(
+        args.patients,
+        id_column=args.id_column,
+        label_column=args.label_column,
+        cohort_column=args.cohort_column,
+        cohort=args.cohort,
+    )
+    return cellavision_cells_steps(
+        args.cellavision,
+        patients,
+        kind=kind,
+        window_um=args.window_um,
+        pixel_size_um=args.pixel_size_um,
+        classes=classes,
+        label_names=parse_label_names(args.label_names),
+        cell_type_map=parse_folder_map(args.folder_map) if args.folder_map else None,
+        source_pixel_size_um=args.source_pixel_size_um,
+        max_image_side_px=args.max_image_side_px,
     )
 
 
