@@ -232,7 +232,7 @@ def test_crossval_commands_run_on_a_cellavision_export(tiny_export, tmp_path, ca
                  "--out", str(tmp_path / "blast")]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "blast" / "metrics.json").read_text())
     assert metrics["data"]["cohort"] == ["Discovery"]
-    assert "Promyelocyte" in metrics["called_blast_by_cell_type"]
+    assert "Promyelocyte" in metrics["called_blast"]["by_cell_type"]
     assert (tmp_path / "blast" / "summary.md").read_text().startswith("Blast classifier")
     code = main(
         ["crossval", "mutation", *options, "--folds", "3", "--bootstrap", "100",

@@ -28,7 +28,12 @@ from blastscope.models.classifier import Classifier, load_classifier
 from blastscope.progress import Progress, run_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS
 from blastscope.train.datasets import CellSet, DatasetError
-from blastscope.train.evaluate import classification_metrics, probabilities_steps, write_report
+from blastscope.train.evaluate import (
+    call_rates_by_cell_type,
+    classification_metrics,
+    probabilities_steps,
+    write_report,
+)
 from blastscope.train.experiment import (
     blast_slide_metrics,
     labels_per_slide,
@@ -113,6 +118,8 @@ def evaluate_steps(
         metrics["threshold"] = cutoff
         calls = probabilities[:, 1] >= cutoff
         metrics["accuracy_at_threshold"] = float((calls == (truth == 1)).mean())
+        if cells.annotations is not None and "cell_type" in cells.annotations:
+            metrics["called_blast"] = call_rates_by_cell_type(calls, cells.annotations)
         if has_slides:
             metrics["slides"] = blast_slide_metrics(
                 probabilities[:, 1], truth == 1, cells.slide_ids, cutoff

@@ -274,12 +274,15 @@ class ExportIndex:
     ``cells`` columns: ``path``, ``patient``, ``slide`` (the folder levels between the patient
     and "Signed slides", "" when none), ``cell_type``, ``cell_class`` (blast / non-blast /
     exclude), ``label`` (the patient's label, None without a label column).
+    ``unsigned_per_patient`` counts the unsigned images of each patient (for the shortcut audit:
+    how many a patient has is a property of the export, not of the disease).
     """
 
     cells: pd.DataFrame
     skipped: dict[str, int]
     patients_without_folder: list[str]
     cell_type_map: dict[str, str]
+    unsigned_per_patient: dict[str, int]
 
 
 def _is_image(name: str) -> bool:
@@ -298,6 +301,7 @@ def index_export(
         )
     mapping = check_cell_type_map(DEFAULT_CELL_TYPE_MAP if cell_type_map is None else cell_type_map)
     skipped: Counter[str] = Counter()
+    unsigned: Counter[str] = Counter()
     rows: list[tuple[str, str, str, str, str, str | None]] = []
     unknown_types: dict[str, str] = {}
     folders = {path.name: path for path in root.iterdir() if path.is_dir()}
@@ -315,6 +319,7 @@ def index_export(
                     skipped["not an image (e.g. Thumbs.db)"] += 1
                 elif UNSIGNED_FOLDER in lowered:
                     skipped["unsigned (no cell type)"] += 1
+                    unsigned[patient] += 1
                 elif SIGNED_FOLDER not in lowered or lowered[-1] == SIGNED_FOLDER:
                     skipped["outside a cell-type folder"] += 1
                 else:
@@ -352,7 +357,9 @@ def index_export(
             "expected ROOT/<patient>/.../Signed slides/<cell type>/<image>. Check the folder "
             "names against the patient ids of the CSV."
         )
-    return ExportIndex(cells, dict(skipped), without_folder, mapping)
+    return ExportIndex(
+        cells, dict(skipped), without_folder, mapping, {p: unsigned[p] for p in patients.ids}
+    )
 
 
 @dataclass(frozen=True)
@@ -632,6 +639,7 @@ def cellavision_cells_steps(
         "cells_per_cell_type": table["cell_type"].value_counts().sort_index().to_dict(),
         "excluded_cells_per_cell_type": excluded_counts,
         "skipped": skipped,
+        "unsigned_per_patient": index.unsigned_per_patient,
         "unreadable_examples": read.failed_examples,
         "source_pixel_size_um": source_pixel_size_um,
         "pixel_size_measurement": measurement.describe() if measurement else None,

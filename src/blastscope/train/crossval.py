@@ -34,7 +34,11 @@ import torch
 from blastscope.progress import Progress
 from blastscope.slide_call import pool_probabilities
 from blastscope.train.datasets import CellSet, DatasetError, _stratified_order
-from blastscope.train.evaluate import expected_calibration_error, fit_temperature
+from blastscope.train.evaluate import (
+    call_rates_by_cell_type,
+    expected_calibration_error,
+    fit_temperature,
+)
 from blastscope.train.loop import (
     TrainConfig,
     TrainedModel,
@@ -236,19 +240,7 @@ def blast_metrics(
     at_half = p_blast >= 0.5
     metrics["at_threshold_0.5"] = _binary_metrics(p_blast, at_half, truth, np.arange(len(table)))
     if "cell_type" in table:
-        rates = table.assign(called=calls).groupby("cell_type")["called"].agg(["mean", "size"])
-        metrics["called_blast_by_cell_type"] = {
-            cell_type: {"share_called_blast": float(row["mean"]), "n": int(row["size"])}
-            for cell_type, row in rates.iterrows()
-        }
-        if "label" in table:
-            by_diagnosis = (
-                table.assign(called=calls).groupby(["cell_type", "label"])["called"].mean()
-            )
-            metrics["called_blast_by_cell_type_and_label"] = {
-                f"{cell_type} | {label}": float(value)
-                for (cell_type, label), value in by_diagnosis.items()
-            }
+        metrics["called_blast"] = call_rates_by_cell_type(calls, table)
     return metrics
 
 
@@ -760,6 +752,77 @@ def mutation_metrics(
         "primary_comparison": comparison,
         "min_blasts_table": min_table,
         "cell_auc_against_inherited_labels": cell_level,
+    }
+
+
+def shortcut_audit(
+    cells: CellSet, patients: pd.DataFrame, arm: str, positive: str, min_blasts: int
+) -> dict[str, Any]:
+    """Properties of an export that differ between the classes without being disease, and
+    whether the model's patient scores lean on them.
+
+    Per patient: an extra folder level between the patient and "Signed slides", the images'
+    median height and width, the number of unsigned crops and of signed cells. For each, the
+    patient-level AUC of the property alone against the positive class (direction-free: 0.5 is
+    chance, 1 a perfect shortcut). Then the arm's patient AUC within the patients that do not
+    have the property, and whether any crop window reached past its image (the only way the
+    image size could reach the network).
+    """
+    annotations = cells.annotations
+    if annotations is None or "slide" not in annotations:
+        raise DatasetError("The shortcut audit needs a CellaVision export's annotations.")
+    per_patient = annotations.groupby("patient").agg(
+        label=("label", "first"),
+        extra_folder_level=("slide", lambda values: bool((values != "").any())),
+        median_image_height=("image_height", "median"),
+        median_image_width=("image_width", "median"),
+        signed_cells=("cell_type", "size"),
+    )
+    unsigned = cells.source.get("unsigned_per_patient", {})
+    per_patient["unsigned_crops"] = [unsigned.get(p, 0) for p in per_patient.index]
+    rename = cells.source.get("label_names") or {}
+    is_positive = per_patient["label"].map(lambda raw: rename.get(raw, raw) == positive)
+    properties = {}
+    for column in (
+        "extra_folder_level",
+        "median_image_height",
+        "median_image_width",
+        "unsigned_crops",
+        "signed_cells",
+    ):
+        value = auc(per_patient[column].to_numpy(np.float64), is_positive.to_numpy())
+        properties[column] = {
+            "auc_alone": None if math.isnan(value) else max(value, 1.0 - value),
+            "mean_in_positive": float(per_patient.loc[is_positive, column].mean()),
+            "mean_in_others": float(per_patient.loc[~is_positive, column].mean()),
+        }
+    rows = patients[patients["arm"] == arm].set_index("patient")
+    score = rows[f"p_{positive}"]
+    called = (rows["n_blasts"] >= max(min_blasts, 1)) & score.notna()
+
+    def subset_auc(keep: pd.Series) -> dict[str, Any]:
+        chosen = called & keep.reindex(rows.index).fillna(False)
+        truth = rows.loc[chosen, "truth"] == positive
+        return {
+            "patients": int(chosen.sum()),
+            "positive": int(truth.sum()),
+            "auc": auc(score[chosen].to_numpy(), truth.to_numpy()),
+        }
+
+    modal_height = per_patient["median_image_height"].mode().iloc[0]
+    window_px = cells.window_um / float(cells.source.get("source_pixel_size_um") or math.nan)
+    smallest_side = float(annotations[["image_height", "image_width"]].min().min())
+    return {
+        "properties": properties,
+        "arm": arm,
+        "auc_all_called": subset_auc(pd.Series(True, index=per_patient.index)),
+        "auc_without_extra_folder_level": subset_auc(~per_patient["extra_folder_level"]),
+        "auc_with_modal_image_height": subset_auc(
+            per_patient["median_image_height"] == modal_height
+        ),
+        "crop_window_px_in_source": window_px,
+        "smallest_image_side_px": smallest_side,
+        "image_size_reaches_network": bool(window_px > smallest_side),
     }
 
 

@@ -37,6 +37,7 @@ from blastscope.train.crossval import (
     crossval_blast_steps,
     crossval_mutation_steps,
     format_estimate,
+    shortcut_audit,
 )
 from blastscope.train.datasets import DatasetError
 from blastscope.train.evaluate import roc_curve
@@ -180,6 +181,10 @@ def _run(args: argparse.Namespace) -> int:
             ),
             show,
         )
+    if args.crossval_model == "mutation" and args.cellavision:
+        result.metrics["shortcut_audit"] = shortcut_audit(
+            cells, result.patients, args.primary, result.metrics["positive_class"], args.min_blasts
+        )
     result.metrics["data"] = cells.source
     result.metrics["command"] = getattr(args, "command_line", None)
     summary = write_crossval_report(args.out, result, args.crossval_model)
@@ -230,23 +235,29 @@ def blast_summary(metrics: dict[str, Any]) -> str:
     ]
     for name in ("balanced_accuracy", "recall", "false_positive_rate", "auc", "ece", "accuracy"):
         lines.append(f"| {name.replace('_', ' ')} | {format_estimate(metrics[name])} |")
-    by_type = metrics.get("called_blast_by_cell_type")
-    if by_type:
-        by_label = metrics.get("called_blast_by_cell_type_and_label", {})
-        labels = sorted({key.split(" | ")[1] for key in by_label})
-        lines += [
-            "",
-            "| cell type | n | called blast | " + " | ".join(labels) + " |",
-            "|---|---|---|" + "---|" * len(labels),
-        ]
-        for cell_type, row in by_type.items():
-            shares = [by_label.get(f"{cell_type} | {label}") for label in labels]
-            lines.append(
-                f"| {cell_type} | {row['n']} | {row['share_called_blast']:.2f} | "
-                + " | ".join("" if s is None else f"{s:.2f}" for s in shares)
-                + " |"
-            )
+    if "called_blast" in metrics:
+        lines += ["", *call_rate_table(metrics["called_blast"])]
     return "\n".join(lines)
+
+
+def call_rate_table(rates: dict[str, Any]) -> list[str]:
+    """Markdown rows: per cell type, the share called blast, overall and per patient label."""
+    by_label = rates.get("by_cell_type_and_label", {})
+    labels = sorted({key.split(" | ")[1] for key in by_label})
+    lines = [
+        "| cell type | n | called blast | " + " | ".join(f"in {label}" for label in labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for cell_type, row in rates["by_cell_type"].items():
+        shares = [by_label.get(f"{cell_type} | {label}") for label in labels]
+        lines.append(
+            f"| {cell_type} | {row['n']} | {row['share_called_blast']:.2f} | "
+            + " | ".join(
+                "" if s is None else f"{s['share_called_blast']:.2f} ({s['n']})" for s in shares
+            )
+            + " |"
+        )
+    return lines
 
 
 def mutation_summary(metrics: dict[str, Any]) -> str:
@@ -298,7 +309,42 @@ def mutation_summary(metrics: dict[str, Any]) -> str:
     lines += ["", "Cell-level AUC against the inherited (noisy) labels:", ""]
     for method, values in metrics["cell_auc_against_inherited_labels"].items():
         lines.append(f"- {method}: {format_estimate(values)}")
+    if "shortcut_audit" in metrics:
+        lines += ["", *shortcut_lines(metrics["shortcut_audit"], positive)]
     return "\n".join(lines)
+
+
+def shortcut_lines(audit: dict[str, Any], positive: str) -> list[str]:
+    """The shortcut audit as Markdown."""
+    lines = [
+        "Shortcut audit (properties of the export, not of the disease):",
+        "",
+        f"| property | AUC alone ({positive} vs rest) | mean in {positive} | mean in others |",
+        "|---|---|---|---|",
+    ]
+    for name, row in audit["properties"].items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {_number(row['auc_alone'])} | "
+            f"{row['mean_in_positive']:.2f} | {row['mean_in_others']:.2f} |"
+        )
+    lines.append("")
+    for key, words in (
+        ("auc_all_called", "all called patients"),
+        ("auc_without_extra_folder_level", "patients without an extra folder level"),
+        ("auc_with_modal_image_height", "patients whose images have the usual height"),
+    ):
+        row = audit[key]
+        lines.append(
+            f"- {audit['arm']} patient AUC, {words}: {_number(row['auc'])} "
+            f"({row['patients']} patients, {row['positive']} {positive})"
+        )
+    reaches = "reaches" if audit["image_size_reaches_network"] else "never reaches"
+    lines.append(
+        f"- crop window {audit['crop_window_px_in_source']:.0f} px of the source images, "
+        f"smallest image side {audit['smallest_image_side_px']:.0f} px: the image size "
+        f"{reaches} the network"
+    )
+    return lines
 
 
 def _number(value: float | None, digits: int = 3) -> str:

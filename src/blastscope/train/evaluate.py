@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from scipy.optimize import minimize_scalar
@@ -167,6 +168,33 @@ def classification_metrics(
         "ece": expected_calibration_error(probabilities, true),
         "calibration_bins": calibration_bins(probabilities, true),
     }
+
+
+def call_rates_by_cell_type(calls: np.ndarray, annotations: pd.DataFrame) -> dict[str, Any]:
+    """Share of cells called blast per cell type, and per cell type and patient label.
+
+    ``calls`` (N,) bool; ``annotations`` has a ``cell_type`` column (and ``label``, the
+    patient's diagnosis, where known), e.g. a CellaVision export's. Shows how the technologist's
+    classes fare: how many promyelocytes are called blasts in APL against other AML, say.
+    """
+    table = annotations.assign(called=np.asarray(calls, dtype=bool))
+    by_type = table.groupby("cell_type")["called"].agg(["mean", "size"])
+    rates: dict[str, Any] = {
+        "by_cell_type": {
+            str(cell_type): {"share_called_blast": float(row["mean"]), "n": int(row["size"])}
+            for cell_type, row in by_type.iterrows()
+        }
+    }
+    if "label" in table and table["label"].notna().all():
+        by_label = table.groupby(["cell_type", "label"])["called"].agg(["mean", "size"])
+        rates["by_cell_type_and_label"] = {
+            f"{cell_type} | {label}": {
+                "share_called_blast": float(row["mean"]),
+                "n": int(row["size"]),
+            }
+            for (cell_type, label), row in by_label.iterrows()
+        }
+    return rates
 
 
 def _clean(value: float) -> float | None:

@@ -33,6 +33,7 @@ from blastscope.progress import Progress
 from blastscope.slide_call import call_slide
 from blastscope.train.datasets import CellSet, Split, split_cells
 from blastscope.train.evaluate import (
+    call_rates_by_cell_type,
     classification_metrics,
     expected_calibration_error,
     fit_temperature,
@@ -325,6 +326,10 @@ def run_experiment_steps(
         "epochs_run": len(trained.history),
         "noise": noise_record,
     }
+    if kind == "blast" and cells.annotations is not None and "cell_type" in cells.annotations:
+        metrics["test_called_blast"] = call_rates_by_cell_type(
+            test_probabilities[:, 1] >= threshold, cells.annotations.iloc[split.test]
+        )
     if kind == "blast" and split.by == "slide":
         metrics["test_slides"] = blast_slide_metrics(
             test_probabilities[:, 1],
