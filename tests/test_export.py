@@ -29,6 +29,7 @@ from blastscope.export import (
     write_run_json,
 )
 from blastscope.export._style import class_colour
+from blastscope.export.report import GALLERY_CELL_PX, GALLERY_CELLS, review_cells, review_gallery
 from blastscope.export.tables import sidecar_path
 from export_cases import BLAST_THRESHOLD, INPUT_SHA256, classified_result
 
@@ -145,6 +146,7 @@ def test_report_shows_the_call_and_embeds_its_plots(classified, tmp_path):
     assert sorted(path.name for path in paths) == [
         "slide_report.html",
         "slide_report_call.png",
+        "slide_report_gallery.png",
         "slide_report_overlay.png",
         "slide_report_p_blast.png",
     ]
@@ -160,10 +162,24 @@ def test_report_shows_the_call_and_embeds_its_plots(classified, tmp_path):
     assert "not for diagnosis" in page
     assert 'src="http' not in page
     embedded = _embedded_pngs(page)
-    assert len(embedded) == 3
+    assert len(embedded) == 4
     assert sorted(embedded) == sorted(path.read_bytes() for path in paths[1:])
     for data in embedded:
         assert iio.imread(data, extension=".png").ndim == 3
+
+
+def test_report_gallery_shows_the_highest_p_blast_cells_first(classified, tmp_path):
+    result, image = classified
+    chosen = review_cells(result.cells)
+    p_blast = result.cells["p_blast"].dropna()
+    assert len(chosen) == min(GALLERY_CELLS, len(p_blast))
+    assert chosen["p_blast"].iloc[0] == p_blast.max()
+    assert chosen["p_blast"].is_monotonic_decreasing
+    gallery = review_gallery(image, result)
+    columns = min(len(chosen), 8)
+    assert gallery.shape[1] == columns * GALLERY_CELL_PX
+    page = write_report(tmp_path / "g.html", result, image)[0].read_text()
+    assert f"The {len(chosen)} cells with the highest blast probability" in page
 
 
 def test_report_without_a_slide_call_says_the_mutation_stage_has_not_run(classified, tmp_path):

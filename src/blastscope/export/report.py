@@ -2,9 +2,11 @@
 
 The report shows the slide call (class, per-class probabilities with their 95% interval, as a
 table and a bar chart), the cell counts and blast percentage, a histogram of ``p_blast`` with
-the blast threshold, a thumbnail of the overlay, the models' hashes and the parameters from the
-provenance, and the notices. Plots are drawn with matplotlib's Agg renderer (no GUI backend)
-and embedded as base64 PNG, so the HTML file stands alone.
+the blast threshold, a gallery of the cells to review (the highest ``p_blast`` first, each with
+its label id, so a haematologist can check the calls the count rests on), a thumbnail of the
+overlay, the models' hashes and the parameters from the provenance, and the notices. Plots
+are drawn with matplotlib's Agg renderer (no GUI backend) and embedded as base64 PNG, so the
+HTML file stands alone.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from blastscope.export.images import overlay_rgb, png_bytes
 from blastscope.result import SlideResult, utc_timestamp
 
 THUMBNAIL_MAX_SIDE_PX = 800
+GALLERY_CELLS = 24
+GALLERY_WINDOW_UM = 24.0
+GALLERY_CELL_PX = 96
 DISCLAIMER = "Demonstration models: not for diagnosis."
 
 
@@ -34,8 +39,52 @@ def report_plot_paths(path: str | Path) -> dict[str, Path]:
     """The PNG files written beside a report: ``x_report.html`` -> ``x_report_call.png``, ..."""
     path = Path(path)
     return {
-        name: path.with_name(f"{path.stem}_{name}.png") for name in ("call", "p_blast", "overlay")
+        name: path.with_name(f"{path.stem}_{name}.png")
+        for name in ("call", "p_blast", "gallery", "overlay")
     }
+
+
+def review_cells(cells: pd.DataFrame, n: int = GALLERY_CELLS) -> pd.DataFrame:
+    """The nucleated cells to review first: the highest ``p_blast`` (at most ``n``)."""
+    if "p_blast" not in cells:
+        return cells.iloc[:0]
+    scored = cells[cells["p_blast"].notna()]
+    return scored.sort_values("p_blast", ascending=False, kind="stable").head(n)
+
+
+def review_gallery(
+    image: np.ndarray, result: SlideResult, n: int = GALLERY_CELLS
+) -> np.ndarray | None:
+    """A grid (RGB uint8) of the cells :func:`review_cells` picks, each a ``GALLERY_WINDOW_UM``
+    window around the cell with its label id and p_blast written under it; None without
+    scored cells."""
+    from PIL import Image, ImageDraw
+
+    from blastscope.crops import extract_crops
+
+    chosen = review_cells(result.cells, n)
+    if chosen.empty:
+        return None
+    crops = extract_crops(
+        np.asarray(image)[..., :3],
+        chosen[["centroid_y", "centroid_x"]].to_numpy(),
+        pixel_size_um=result.pixel_size_um,
+        window_um=GALLERY_WINDOW_UM,
+        out_pixel_size_um=GALLERY_WINDOW_UM / GALLERY_CELL_PX,
+    )
+    columns = min(len(crops), 8)
+    rows = math.ceil(len(crops) / columns)
+    caption = 16
+    sheet = Image.new(
+        "RGB", (columns * GALLERY_CELL_PX, rows * (GALLERY_CELL_PX + caption)), "white"
+    )
+    draw = ImageDraw.Draw(sheet)
+    for k, (crop, (_, cell)) in enumerate(zip(crops, chosen.iterrows(), strict=True)):
+        x, y = (k % columns) * GALLERY_CELL_PX, (k // columns) * (GALLERY_CELL_PX + caption)
+        sheet.paste(Image.fromarray(crop), (x, y))
+        text = f"#{int(cell['label'])} p={cell['p_blast']:.2f}"
+        draw.text((x + 3, y + GALLERY_CELL_PX + 2), text, fill=(0, 0, 0))
+    return np.asarray(sheet)
 
 
 def blast_threshold(provenance: Mapping[str, Any]) -> float | None:
@@ -88,6 +137,9 @@ def report_files(
         plots["call"] = _call_figure(call)
     if "p_blast" in result.cells and result.cells["p_blast"].notna().any():
         plots["p_blast"] = _p_blast_figure(result.cells["p_blast"], threshold)
+    gallery = review_gallery(image, result)
+    if gallery is not None:
+        plots["gallery"] = png_bytes(gallery)
     plots["overlay"] = png_bytes(_thumbnail(overlay_rgb(image, result.labels, result.cells)))
     page = _page(title or path.stem, result, call, threshold, plots, plot_paths)
     files = {path: page.encode("utf-8")}
@@ -278,6 +330,13 @@ def _page(
     ]
     if "p_blast" in plots:
         sections.append(_image_tag(plots["p_blast"], "Histogram of p_blast", names["p_blast"].name))
+    if "gallery" in plots:
+        sections += [
+            "<h2>Cells to review</h2>",
+            f"<p>The {len(review_cells(result.cells))} cells with the highest blast probability, "
+            f"each a {GALLERY_WINDOW_UM:g} µm window (label id and p_blast below it).</p>",
+            _image_tag(plots["gallery"], "Cells with the highest p_blast", names["gallery"].name),
+        ]
     sections += [
         "<h2>Overlay</h2>",
         _image_tag(

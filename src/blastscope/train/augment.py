@@ -53,6 +53,19 @@ class AugmentConfig:
         return asdict(self)
 
 
+STRONG_AUGMENTATION = AugmentConfig(
+    hed_scale=0.25,
+    hed_shift=0.08,
+    brightness=0.12,
+    contrast=0.25,
+    blur_sigma_px=1.5,
+    blur_probability=0.5,
+)
+"""Stain, colour and focus jitter wide enough to span labs and scanners (for models that must
+hold on real smears they were not trained on)."""
+
+AUGMENTATIONS = {"standard": AugmentConfig(), "strong": STRONG_AUGMENTATION}
+
 NO_AUGMENTATION = AugmentConfig(
     flips=False,
     rotations=False,

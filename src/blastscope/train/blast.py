@@ -13,8 +13,10 @@ and PNGs) and the bundle (``OUT/bundle`` or ``--bundle``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from blastscope.models.classifier import BLAST_CLASSES, DEFAULT_THRESHOLD
+from blastscope.train.datasets import bccd_white_cells
 from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
 
 HELP = "train the blast classifier (blast vs non-blast) with noise-robust options"
@@ -29,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_THRESHOLD,
         help="default decision threshold on p_blast stored in the bundle",
     )
+    parser.add_argument(
+        "--real-negatives",
+        choices=("bccd",),
+        help="add real normal white cells as non-blasts: the white cells of BCCD's training "
+        "fields (normal blood, MIT; --bccd)",
+    )
+    parser.add_argument("--bccd", type=Path, help="BCCD folder (default ../shared/data/bccd_smear)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,6 +45,10 @@ def _run(args: argparse.Namespace) -> int:
 
     show = progress_bars()
     cells = load_cells(args, "blast", BLAST_CLASSES, show)
+    if args.real_negatives == "bccd":
+        cells = cells.concat(
+            bccd_white_cells(args.bccd, window_um=args.window_um, pixel_size_um=args.pixel_size_um)
+        )
     return train_and_report(args, cells, "blast", show, threshold=args.threshold)
 
 

@@ -114,6 +114,35 @@ class CellSet:
             else self.annotations.iloc[np.arange(len(self))[index]].reset_index(drop=True),
         )
 
+    def concat(self, other: CellSet) -> CellSet:
+        """These cells followed by ``other``'s (same classes, window and pixel size); truth
+        arrays are kept where both sets have them."""
+        if (self.classes, self.window_um, self.pixel_size_um) != (
+            other.classes,
+            other.window_um,
+            other.pixel_size_um,
+        ):
+            raise DatasetError(
+                "Cannot pool cells of different classes, crop windows or crop pixel sizes: "
+                f"{self.classes} {self.window_um:g} µm / {self.pixel_size_um:g} µm/px against "
+                f"{other.classes} {other.window_um:g} µm / {other.pixel_size_um:g} µm/px."
+            )
+
+        def joined(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+            return None if mine is None or theirs is None else np.concatenate([mine, theirs])
+
+        return CellSet(
+            crops=np.concatenate([self.crops, other.crops]),
+            labels=np.concatenate([self.labels, other.labels]),
+            classes=self.classes,
+            window_um=self.window_um,
+            pixel_size_um=self.pixel_size_um,
+            slide_ids=np.concatenate([self.slide_ids, other.slide_ids]),
+            true_labels=joined(self.true_labels, other.true_labels),
+            is_blast=joined(self.is_blast, other.is_blast),
+            source={"kind": "pooled", "parts": [self.source, other.source]},
+        )
+
     def class_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
         """Cells per class (of ``labels``, default the training labels)."""
         values = self.labels if labels is None else labels
@@ -487,6 +516,67 @@ def split_cells(
         parts = _cut(_stratified_order(groups, rng), val_fraction, test_fraction)
         index = [np.sort(np.asarray(part, dtype=np.int64)) for part in parts]
     return Split(*index, by="slide" if by_slide else "cell")
+
+
+def bccd_white_cells(
+    root: str | os.PathLike | None,
+    *,
+    split: str = "train",
+    window_um: float,
+    pixel_size_um: float,
+) -> CellSet:
+    """The white cells of BCCD's ``split`` fields as real non-blasts (normal blood, MIT).
+
+    Each white-cell box's centre is cut like a cell at inference (the bundle's window around it,
+    at BCCD's 0.08 µm per pixel); each field is a slide of its own, so a split by slide keeps a
+    field's cells together. Labels are ("non-blast", "blast") = 0, and they are the truth.
+    """
+    from blastscope.samples import BCCD_PIXEL_SIZE_UM
+    from blastscope.train.bccd_masks import bccd_root, read_fields, read_split
+
+    folder = bccd_root(root)
+    crops, slides = [], []
+    for bccd_field in read_fields(folder, read_split(folder, split)):
+        boxes = bccd_field.boxes[bccd_field.boxes["class"] == "WBC"]
+        if boxes.empty:
+            continue
+        centres = np.stack(
+            [
+                (boxes["ymin"] + boxes["ymax"]).to_numpy() / 2.0,
+                (boxes["xmin"] + boxes["xmax"]).to_numpy() / 2.0,
+            ],
+            axis=1,
+        )
+        crops.append(
+            extract_crops(
+                bccd_field.image,
+                centres,
+                pixel_size_um=BCCD_PIXEL_SIZE_UM,
+                window_um=window_um,
+                out_pixel_size_um=pixel_size_um,
+            )
+        )
+        slides += [f"bccd-{bccd_field.field_id}"] * len(centres)
+    labels = np.zeros(len(slides), dtype=np.int64)
+    return CellSet(
+        crops=np.concatenate(crops),
+        labels=labels,
+        classes=("non-blast", "blast"),
+        window_um=window_um,
+        pixel_size_um=pixel_size_um,
+        slide_ids=np.asarray(slides, dtype=object),
+        true_labels=labels.copy(),
+        is_blast=np.zeros(len(slides), dtype=bool),
+        source={
+            "kind": "BCCD white cells",
+            "root": str(folder),
+            "split": split,
+            "n_fields": len(set(slides)),
+            "n_cells": len(slides),
+            "source_pixel_size_um": BCCD_PIXEL_SIZE_UM,
+            "licence": "MIT (BCCD_Dataset, Shenggan)",
+        },
+    )
 
 
 SYNTHETIC_FIELD_SHAPE = (1024, 1024)

@@ -27,7 +27,7 @@ from blastscope.models.classifier import (
     MUTATION_CLASSES,
 )
 from blastscope.progress import Progress, run_steps
-from blastscope.train.augment import NO_AUGMENTATION, AugmentConfig
+from blastscope.train.augment import AUGMENTATIONS, NO_AUGMENTATION
 from blastscope.train.cellavision import (
     DEFAULT_MAX_IMAGE_SIDE_PX,
     cellavision_cells_steps,
@@ -170,6 +170,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--widths", metavar="W,W,...", help="blastnet stage widths (default: the architecture's)"
     )
+    training.add_argument(
+        "--augment",
+        choices=tuple(AUGMENTATIONS),
+        default="standard",
+        help="augmentation strength: standard, or strong stain / colour / blur jitter for "
+        "models that must hold on other labs' stains",
+    )
     training.add_argument("--no-augment", action="store_true", help="train without augmentation")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument(
@@ -244,7 +251,7 @@ def train_config(args: argparse.Namespace, n_classes: int) -> TrainConfig:
         patience=args.patience,
         forget_rate=args.forget_rate,
         ramp_epochs=args.ramp_epochs,
-        augment=NO_AUGMENTATION if args.no_augment else AugmentConfig(),
+        augment=NO_AUGMENTATION if args.no_augment else AUGMENTATIONS[args.augment],
         architecture=architecture,
         seed=args.seed,
     )
