@@ -40,12 +40,8 @@ from blastscope.train.bccd_masks import (
     read_fields,
     read_split,
 )
-from blastscope.train.segmenter import (
-    SYNTHETIC_EVAL_SEED,
-    SYNTHETIC_PRESETS,
-    wbc_box_matches,
-    wbc_recall_summary,
-)
+from blastscope.train.boxes import wbc_box_matches, wbc_recall_summary
+from blastscope.train.segmenter import SYNTHETIC_EVAL_SEED, SYNTHETIC_PRESETS
 from classical_segmentation import classical_segment
 
 

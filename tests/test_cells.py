@@ -8,7 +8,7 @@ import pytest
 
 from blastscope.cells import COLUMNS, measure_cells, nuclear_stain_index, optical_density
 from blastscope.synthetic import generate_field
-from blastscope.train.segmenter import wbc_box_matches
+from blastscope.train.boxes import wbc_box_matches
 from segmentation_cases import bccd_val_segmentations
 
 

@@ -175,7 +175,7 @@ def test_save_refuses_a_network_that_does_not_match_the_metadata(tmp_path):
 
 
 def test_segmenter_kind_is_not_a_classifier(blast_bundle):
-    with pytest.raises(BundleError, match="kind is 'blast' or 'mutation', got 'segmenter'"):
+    with pytest.raises(BundleError, match="kind is one of blast, mutation, nucleated, got 'segm"):
         load_classifier(blast_bundle, "segmenter")
 
 

@@ -41,7 +41,7 @@ def analysed(field, config):
 def test_analyse_runs_every_stage_in_order_and_fills_the_table(analysed, field):
     result, events = analysed
     stages = list(dict.fromkeys(event.stage for event in events))
-    assert stages == ["segment", "measure", "classify", "mutation"]
+    assert stages == ["segment", "measure", "nucleated", "classify", "mutation"]
     assert result.labels.shape == field.image.shape[:2]
     assert result.pixel_size_um == field.pixel_size_um
     labels = np.unique(result.labels)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import urllib.error
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
 from blastscope.io import ImageInputError
 from blastscope.progress import Progress
+from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import (
     SegmentationError,
     SegmentationParams,
@@ -20,7 +22,7 @@ from blastscope.segment import (
     segmenter_choices,
 )
 from blastscope.synthetic import generate_field
-from blastscope.train.segmenter import wbc_box_matches
+from blastscope.train.boxes import wbc_box_matches
 from segmentation_cases import bccd_val_segmentations
 
 
@@ -264,12 +266,37 @@ def test_an_image_without_cells_gives_empty_labels():
     assert result.labels.max() == 0
 
 
-def test_without_a_pixel_size_the_diameter_is_estimated_and_the_default_pixel_size_used(
-    small_field,
-):
+def test_without_a_pixel_size_the_diameter_and_the_pixel_size_are_estimated(small_field):
     result = segment(small_field.image, None, SegmentationParams(device="cpu"))
     assert result.model_info["diameter_source"] == "estimated"
-    assert result.model_info["pixel_size_source"] == "model's default pixel size"
+    assert result.model_info["pixel_size_source"] == "pixel size estimated from the cell size"
     expected = result.model_info["diameter_um"] / small_field.pixel_size_um
     assert result.diameter_px == pytest.approx(expected, rel=0.3)
+    assert result.pixel_size_um == pytest.approx(small_field.pixel_size_um, rel=0.3)
     assert any("No pixel size" in notice for notice in result.notices)
+
+
+def test_an_estimate_that_agrees_with_its_trial_reuses_the_trial_pass(bccd_fields):
+    """On a BCCD field the first trial (the model's default scale) is right: one network pass,
+    and the same masks as with the pixel size given."""
+    image = iio.imread(bccd_fields[0])[..., :3]
+    params = SegmentationParams(device="cpu", nucleated_model=None)
+    backend = load_segmenter(params.model, "cpu")
+    calls = []
+    original = backend.network_outputs
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    backend.network_outputs = counted
+    try:
+        known = segment(image, BCCD_PIXEL_SIZE_UM, params)
+        passes_known = len(calls)
+        estimated = segment(image, None, params)
+    finally:
+        del backend.network_outputs
+    assert passes_known == 1
+    assert len(calls) - passes_known == 1
+    assert estimated.diameter_px == pytest.approx(known.diameter_px)
+    np.testing.assert_array_equal(estimated.labels, known.labels)

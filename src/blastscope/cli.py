@@ -107,6 +107,11 @@ _TRAINERS: list[tuple[str, str, str]] = [
     ("blast", "blastscope.train.blast", "train the blast classifier (blast vs non-blast)"),
     ("mutation", "blastscope.train.mutation", "train the mutation classifier (bag labels)"),
     ("segmenter", "blastscope.train.segmenter", "train the smear segmenter (Cellpose 3 CPnet)"),
+    (
+        "nucleated",
+        "blastscope.train.nucleated",
+        "train the nucleated-cell classifier (red cell / platelet / white cell)",
+    ),
 ]
 
 

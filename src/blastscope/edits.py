@@ -15,10 +15,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from blastscope.cells import measure_cells
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import Classifier
-from blastscope.pipeline import SlideCallSettings, as_classifier, recall_slide
+from blastscope.pipeline import SlideCallSettings, as_classifier, recall_slide, sort_cells_steps
 from blastscope.predict import (
     DEFAULT_BATCH_SIZE,
     apply_blast_threshold,
@@ -28,6 +27,7 @@ from blastscope.predict import (
 )
 from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult
+from blastscope.segment import SegmentationParams
 
 
 class EditError(ValueError):
@@ -114,8 +114,10 @@ def reclassify_stage(
             "These cells carry mutation probabilities: give the mutation model to re-classify "
             "edits."
         )
-    subset = np.where(np.isin(labels, edits.changed), labels, 0).astype(np.int32)
-    new = measure_cells(rgb, subset, result.pixel_size_um)
+    params = result.segmentation.params if result.segmentation else SegmentationParams()
+    new = yield from sort_cells_steps(
+        rgb, labels.astype(np.int32, copy=False), result.pixel_size_um, params, only=edits.changed
+    )
     yield Progress(
         "edit", 1, 1, f"{len(edits.changed)} cells re-measured, {len(edits.removed)} removed"
     )

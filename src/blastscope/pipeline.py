@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
+import pandas as pd
 
 from blastscope.cells import measure_cells
 from blastscope.io import to_rgb_uint8
@@ -18,6 +19,7 @@ from blastscope.predict import (
     DEFAULT_BATCH_SIZE,
     apply_blast_threshold,
     classify_blasts_steps,
+    classify_nucleated_steps,
     mutation_columns,
     predict_mutation_steps,
     refresh_mutation_calls,
@@ -58,6 +60,49 @@ class PipelineConfig:
     slide_call: SlideCallSettings = field(default_factory=SlideCallSettings)
 
 
+_NUCLEATED_MODELS: dict[tuple[str, str], Classifier] = {}
+
+
+def nucleated_classifier(model: str) -> Classifier:
+    """The ``nucleated`` bundle ``model`` (name or folder), loaded once per weights hash."""
+    from blastscope.models.bundle import read_metadata, resolve_bundle_path
+
+    key = (str(resolve_bundle_path(model)), read_metadata(model)["weights_sha256"])
+    if key not in _NUCLEATED_MODELS:
+        _NUCLEATED_MODELS[key] = load_classifier(model, "nucleated")
+    return _NUCLEATED_MODELS[key]
+
+
+def sort_cells_steps(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    pixel_size_um: float,
+    params: SegmentationParams,
+    *,
+    only: np.ndarray | None = None,
+) -> Steps[pd.DataFrame]:
+    """The cells table of ``labels`` (:func:`blastscope.cells.measure_cells`) with every object
+    sorted into red cell, platelet or white cell by ``params.nucleated_model`` (``is_nucleated``;
+    the stain heuristic when it is None). ``only``: measure just these label ids (edited
+    cells); the stain is still normalised against the whole field. Yields
+    ``Progress("measure", ...)``."""
+    yield Progress("measure", 0, 1, "measuring cells")
+    measured = labels if only is None else np.where(np.isin(labels, only), labels, 0)
+    cells = measure_cells(rgb, measured, pixel_size_um)
+    if params.nucleated_model is not None and len(cells):
+        cells = yield from classify_nucleated_steps(
+            rgb,
+            labels,
+            cells,
+            pixel_size_um,
+            nucleated_classifier(params.nucleated_model),
+            device=params.device,
+        )
+    nucleated = int(cells["is_nucleated"].sum())
+    yield Progress("measure", 1, 1, f"{len(cells)} cells, {nucleated} nucleated")
+    return cells
+
+
 def segment_stage(
     image: np.ndarray,
     pixel_size_um: float | None = None,
@@ -73,9 +118,9 @@ def segment_stage(
     params = params or SegmentationParams()
     rgb, notices = to_rgb_uint8(image)
     segmentation = yield from segment_steps(rgb, pixel_size_um, params)
-    yield Progress("measure", 0, 1, "measuring cells")
-    cells = measure_cells(rgb, segmentation.labels, segmentation.pixel_size_um)
-    yield Progress("measure", 1, 1, f"{len(cells)} cells")
+    cells = yield from sort_cells_steps(
+        rgb, segmentation.labels, segmentation.pixel_size_um, params
+    )
     if pixel_size_um is None:
         notices.append(
             f"No pixel size given: assumed the segmenter's {segmentation.pixel_size_um:g} µm/px."
@@ -88,6 +133,8 @@ def segment_stage(
         "input_sha256": input_sha256,
         "segmentation": {"params": asdict(params), "model": segmentation.model_info},
     }
+    if params.nucleated_model is not None:
+        provenance["nucleated"] = _bundle_record(nucleated_classifier(params.nucleated_model))
     return SlideResult(
         labels=segmentation.labels,
         cells=cells,
@@ -116,7 +163,9 @@ def recompute_stage(
         cellprob_threshold=cellprob_threshold,
     )
     yield Progress("recompute", 1, 2, "measuring cells")
-    cells = measure_cells(rgb, segmentation.labels, segmentation.pixel_size_um)
+    cells = yield from sort_cells_steps(
+        rgb, segmentation.labels, segmentation.pixel_size_um, segmentation.params
+    )
     yield Progress("recompute", 2, 2, f"{len(cells)} cells")
     provenance = dict(result.provenance)
     provenance["segmentation"] = {

@@ -25,6 +25,7 @@ from blastscope.crops import CropCutter
 from blastscope.devices import resolve_device
 from blastscope.models.classifier import Classifier
 from blastscope.progress import Progress
+from blastscope.stain import normalise_to_cells
 
 CELL_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated")
 DEFAULT_BATCH_SIZE = 256
@@ -103,6 +104,13 @@ def _probabilities_steps(
     if n_cells == 0:
         yield Progress(stage, 0, 0, "no cells to classify")
         return np.empty((0, len(classifier.classes)))
+    if classifier.input.stain_normalisation == "cells":
+        if labels is None:
+            raise PredictionError(
+                f"{classifier.name} normalises the stain against the field's cells: give the "
+                "labels image."
+            )
+        image = normalise_to_cells(image, labels)
     cutter = CropCutter(
         image,
         pixel_size_um=pixel_size_um,
@@ -184,6 +192,38 @@ def classify_blasts_steps(
     p_blast[nucleated] = probabilities[:, classifier.classes.index("blast")]
     table["p_blast"] = p_blast
     return apply_blast_threshold(table, threshold)
+
+
+def classify_nucleated_steps(
+    image: np.ndarray,
+    labels: np.ndarray,
+    cells: pd.DataFrame,
+    pixel_size_um: float,
+    classifier: Classifier,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> Generator[Progress, None, pd.DataFrame]:
+    """Sort every segmented object into red cell, platelet or white cell with a ``nucleated``
+    classifier; yields Progress("nucleated", batch, n_batches).
+
+    Returns a copy of the table with ``p_nucleated`` (the white-cell probability),
+    ``object_class`` (the top class) and ``is_nucleated`` (``p_nucleated`` at or above the
+    bundle's threshold), replacing the stain heuristic's call of
+    :func:`blastscope.cells.measure_cells`.
+    """
+    _check_classifier(classifier, "nucleated")
+    _check_cells(cells, ("label", "centroid_y", "centroid_x"), "measure the cells first.")
+    probabilities = yield from _probabilities_steps(
+        image, labels, cells, pixel_size_um, classifier, device, batch_size, "nucleated"
+    )
+    table = cells.copy()
+    white = classifier.classes.index("white cell")
+    table["p_nucleated"] = probabilities[:, white] if len(table) else np.empty(0)
+    names = np.asarray(classifier.classes, dtype=object)
+    table["object_class"] = names[probabilities.argmax(axis=1)] if len(table) else names[:0]
+    table["is_nucleated"] = table["p_nucleated"].to_numpy() >= classifier.threshold
+    return table
 
 
 def predict_mutation_steps(

@@ -26,9 +26,13 @@ Cellpose resizes an image so that objects of ``diameter`` pixels become the netw
 size the diameter is exact: ``diameter_px = diameter_um / pixel_size_um`` (``diameter_um`` =
 ``diam_mean`` x the network's pixel size). Without a pixel size the diameter is estimated: a
 first pass at the model's default image pixel size, then the median mask diameter is compared
-with the median mask diameter the network saw in training (``diam_labels``). The result records
-the pixel size it used (the given one, else the model's default) and where it came from in
-``model_info["pixel_size_source"]``.
+with the median mask diameter the network saw in training (``diam_labels``); other trial
+diameters follow until one agrees with its own estimate. Each trial runs on a central crop of at
+most :data:`ESTIMATE_NETWORK_PX` network pixels a side, so trials stay cheap; when the crop is
+the whole image and the estimate agrees with the trial within 10%, the trial's outputs are the
+segmentation (no second pass). The pixel size is then estimated too, ``diameter_um /
+diameter_px``, so µm measures and classifier crops use the scale the cells show. The result
+records the pixel size it used and where it came from in ``model_info["pixel_size_source"]``.
 
 Large images
 ------------
@@ -71,6 +75,7 @@ from blastscope.models.bundle import (
 from blastscope.progress import Progress, run_steps
 
 SHIPPED_SEGMENTER = "smear-cellpose"
+SHIPPED_NUCLEATED_MODEL = "smear-nucleated"
 CELLPOSE_MODEL_NAMES = ("cyto3", "cyto2", "cyto", "nuclei")
 ASSUMED_PIXEL_SIZE_UM = 0.1
 """µm per pixel assumed for a plain Cellpose model and an image without a pixel size (a 100x
@@ -83,6 +88,8 @@ DEFAULT_NITER = 200
 MIN_NORMALIZE_SPAN = 25.0
 """Narrowest intensity span (8-bit levels) that normalisation stretches to 0-1."""
 DIAMETER_CANDIDATES = (1.0, 0.5, 2.0, 0.25, 4.0)
+ESTIMATE_NETWORK_PX = 512
+"""Side (pixels at the network's scale) of the central crop a diameter trial runs on."""
 """Multiples of the default diameter tried when estimating it (first consistent one wins)."""
 ARCHITECTURE_NAME = "cellpose3-cpnet"
 
@@ -110,6 +117,10 @@ class SegmentationParams:
     - ``batch_size``: 224-px network patches per batch.
     - ``tile_size``: images larger than this (pixels, either side) are segmented in tiles.
     - ``tile_overlap_px``: halo of context around each tile; ``None`` = 3 cell diameters.
+    - ``nucleated_model``: the ``nucleated`` classifier bundle (shipped name or folder) that
+      sorts every object into red cell, platelet or white cell after segmentation
+      (``is_nucleated``; :func:`blastscope.pipeline.sort_cells_steps`); ``None`` keeps the stain
+      heuristic of :mod:`blastscope.cells`.
     """
 
     model: str = SHIPPED_SEGMENTER
@@ -124,6 +135,7 @@ class SegmentationParams:
     batch_size: int = 8
     tile_size: int = 1024
     tile_overlap_px: int | None = None
+    nucleated_model: str | None = SHIPPED_NUCLEATED_MODEL
 
     def validate(self) -> None:
         """Raise :class:`SegmentationError` naming the first bad setting and its valid range."""
@@ -164,6 +176,13 @@ class SegmentationParams:
             raise SegmentationError(
                 f"tile_size must be at least 256 pixels, got {self.tile_size}; tiles smaller "
                 "than a few cells cut too many of them."
+            )
+        if self.nucleated_model is not None and (
+            not isinstance(self.nucleated_model, str) or not self.nucleated_model.strip()
+        ):
+            raise SegmentationError(
+                f"nucleated_model must be a bundle name or folder, or None for the stain "
+                f"heuristic, got {self.nucleated_model!r}."
             )
         if self.tile_overlap_px is not None and self.tile_overlap_px < 0:
             raise SegmentationError(
@@ -511,13 +530,17 @@ def segment_steps(
     tiles = _tile_grid(rgb.shape[:2], params.tile_size)
     estimating = params.diameter is None and (pixel_size_um is None or backend.diameter_um is None)
     total = len(tiles) + (1 if estimating else 0)
+    reused = None
     if params.diameter is not None:
         diameter_px, diameter_source = float(params.diameter), "given"
     elif not estimating:
         diameter_px, diameter_source = backend.diameter_um / pixel_size_um, "pixel size"
     else:
-        diameter_px = _estimate_diameter(backend, channels, params, pixel_size_used)
+        diameter_px, reused = _estimate_diameter(backend, channels, params, pixel_size_used)
         diameter_source = "estimated"
+        if pixel_size_um is None and backend.diameter_um is not None:
+            pixel_size_used = backend.diameter_um / diameter_px
+            pixel_size_source = "pixel size estimated from the cell size"
         yield Progress("segment", 1, total, f"estimated cell diameter {diameter_px:.1f} px")
     halo = _halo(params, diameter_px) if len(tiles) > 1 else 0
     mask_scale = min(1.0, backend.diam_mean / diameter_px)
@@ -530,13 +553,18 @@ def segment_steps(
     done = total - len(tiles)
     for index, core in enumerate(tiles):
         region = _expand(core, halo, (height, width))
-        tile_dP, tile_prob = backend.network_outputs(
-            channels[region], diameter_px, params.batch_size
-        )
+        if reused is not None:  # the whole image, from the diameter trial
+            tile_dP, tile_prob, tile_labels = reused
+        else:
+            tile_dP, tile_prob = backend.network_outputs(
+                channels[region], diameter_px, params.batch_size
+            )
+            tile_labels = _masks(
+                compute, tile_dP, tile_prob, params, mask_scale, niter, backend.device
+            )
         inner = _inner(core, region)
         dP[(slice(None), *core)] = tile_dP[(slice(None), *inner)]
         cellprob[core] = tile_prob[inner]
-        tile_labels = _masks(compute, tile_dP, tile_prob, params, mask_scale, niter, backend.device)
         _paste_core_objects(labels, tile_labels, core, region)
         done += 1
         yield Progress("segment", done, total, f"tile {index + 1} of {len(tiles)}")
@@ -732,60 +760,87 @@ def _pixel_size(backend: SegmenterBackend, pixel_size_um: float | None) -> tuple
     return ASSUMED_PIXEL_SIZE_UM, "assumed pixel size"
 
 
+Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Flows (2, Y, X), cell probability (Y, X) and masks (Y, X) of one network pass."""
+
+
 def _estimate_diameter(
     backend: SegmenterBackend,
     channels: np.ndarray,
     params: SegmentationParams,
     pixel_size_um: float,
-) -> float:
-    """Median cell diameter (pixels) of an image of unknown pixel size.
+) -> tuple[float, Outputs | None]:
+    """Median cell diameter (pixels) of an image of unknown pixel size, and the outputs of the
+    whole image at that diameter when a trial already made them (else None).
 
-    On a central crop (at most one tile) the network runs at a trial diameter; the median
-    diameter of its masks times ``diam_mean / diam_labels`` (the network's size over the median
-    mask size it saw in training) is that trial's estimate. Trials start at the model's default
-    diameter and go through :data:`DIAMETER_CANDIDATES` until one is self-consistent (estimate
-    within 15% of the trial); the most consistent trial's estimate is then refined by one more
-    pass. A network shown cells far from its size finds few or wrong masks, hence the trials.
+    Each trial runs the network at a trial diameter on a central crop of at most
+    :data:`ESTIMATE_NETWORK_PX` network pixels a side (at most one tile); the median diameter
+    of its masks times ``diam_mean / diam_labels`` (the network's size over the median mask size
+    it saw in training) is that trial's estimate. Trials start at the model's default diameter
+    and go through :data:`DIAMETER_CANDIDATES` until one is self-consistent (estimate within
+    15% of the trial); the most consistent trial's estimate is then refined by one more pass
+    when it is more than 10% off. A network shown cells far from its size finds few or wrong
+    masks, hence the trials.
     """
-    height, width = channels.shape[:2]
-    side = params.tile_size
-    y0, x0 = max(0, (height - side) // 2), max(0, (width - side) // 2)
-    crop = channels[y0 : y0 + side, x0 : x0 + side]
     if backend.diameter_um is not None:
         default = backend.diameter_um / pixel_size_um
     else:
         default = backend.diam_mean
     trials = []
     for factor in DIAMETER_CANDIDATES:
-        estimate = _diameter_trial(backend, crop, params, default * factor)
-        if estimate is None:
+        trial = _diameter_trial(backend, channels, params, default * factor)
+        if trial is None:
             continue
-        inconsistency = abs(math.log(estimate / (default * factor)))
-        trials.append((inconsistency, estimate))
-        if inconsistency < math.log(1.15):
+        trials.append(trial)
+        if trial.inconsistency < math.log(1.15):
             break
     if not trials:
-        return float(default)
-    inconsistency, estimate = min(trials)
-    if inconsistency > math.log(1.1):
-        estimate = _diameter_trial(backend, crop, params, estimate) or estimate
-    return float(estimate)
+        return float(default), None
+    best = min(trials, key=lambda trial: trial.inconsistency)
+    if best.inconsistency > math.log(1.1):
+        best = _diameter_trial(backend, channels, params, best.estimate) or best
+    if best.whole_image and best.inconsistency <= math.log(1.1):
+        return best.diameter_px, best.outputs
+    return best.estimate, None
+
+
+@dataclass
+class _Trial:
+    diameter_px: float
+    estimate: float
+    whole_image: bool
+    outputs: Outputs
+
+    @property
+    def inconsistency(self) -> float:
+        return abs(math.log(self.estimate / self.diameter_px))
 
 
 def _diameter_trial(
-    backend: SegmenterBackend, crop: np.ndarray, params: SegmentationParams, diameter_px: float
-) -> float | None:
-    """The diameter estimate from one pass at ``diameter_px``; None if it finds under 3 cells."""
+    backend: SegmenterBackend, channels: np.ndarray, params: SegmentationParams, diameter_px: float
+) -> _Trial | None:
+    """One pass at ``diameter_px`` on a central crop; None if it finds under 3 cells."""
+    height, width = channels.shape[:2]
+    side = min(params.tile_size, math.ceil(ESTIMATE_NETWORK_PX * diameter_px / backend.diam_mean))
+    crop_height, crop_width = min(height, side), min(width, side)
+    y0, x0 = (height - crop_height) // 2, (width - crop_width) // 2
+    crop = channels[y0 : y0 + crop_height, x0 : x0 + crop_width]
     tile_dP, tile_prob = backend.network_outputs(crop, diameter_px, params.batch_size)
     mask_scale = min(1.0, backend.diam_mean / diameter_px)
     compute = MASKS_BY_BACKEND[backend.backend]
-    labels = _masks(compute, tile_dP, tile_prob, params, mask_scale, DEFAULT_NITER, backend.device)
+    niter = params.niter or DEFAULT_NITER
+    labels = _masks(compute, tile_dP, tile_prob, params, mask_scale, niter, backend.device)
     sizes = np.bincount(labels.ravel())[1:]
     sizes = sizes[sizes > 0]
     if len(sizes) < 3:
         return None
     median = float(np.median(np.sqrt(sizes))) / (math.sqrt(math.pi) / 2)
-    return median * backend.diam_mean / backend.diam_labels
+    return _Trial(
+        diameter_px=float(diameter_px),
+        estimate=median * backend.diam_mean / backend.diam_labels,
+        whole_image=(crop_height, crop_width) == (height, width),
+        outputs=(tile_dP, tile_prob, labels),
+    )
 
 
 def _halo(params: SegmentationParams, diameter_px: float) -> int:

@@ -1,8 +1,8 @@
 """Model bundles: ``model.safetensors`` + ``bundle.json`` in one directory.
 
 A bundle never holds pickled code. Loading checks the format marker, the kind (segmenter, blast,
-mutation), the weights' SHA-256 against the metadata and that the weights parse, and refuses
-anything else with a :class:`BundleError` that says what is wrong and what to do.
+mutation, nucleated), the weights' SHA-256 against the metadata and that the weights parse, and
+refuses anything else with a :class:`BundleError` that says what is wrong and what to do.
 Kind-specific checks (classes, tensor shapes against the architecture) belong to the code that
 builds the network from the bundle.
 """
@@ -25,7 +25,7 @@ from blastscope import __version__
 
 BUNDLE_FORMAT = "blastscope-bundle"
 FORMAT_VERSION = 1
-KINDS = ("segmenter", "blast", "mutation")
+KINDS = ("segmenter", "blast", "mutation", "nucleated")
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "bundle.json"
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -163,6 +163,22 @@ def load_bundle(name_or_path: str | os.PathLike, kind: str | None = None) -> Bun
             f"{weights_path} cannot be read as safetensors ({error}). Restore the bundle."
         ) from error
     return Bundle(path, metadata, state_dict)
+
+
+def update_metadata(directory: str | os.PathLike, changes: dict[str, Any]) -> Path:
+    """Merge ``changes`` into a bundle's ``bundle.json`` (top-level keys; the weights and their
+    hash stay as they are), written atomically. For records made after saving, such as an
+    evaluation of the saved bundle."""
+    directory = Path(directory)
+    metadata = read_metadata(directory)
+    protected = {"format", "format_version", "kind", "weights_sha256"} & set(changes)
+    if protected:
+        raise BundleError(f"{', '.join(sorted(protected))} of a bundle cannot be changed.")
+    metadata.update(changes)
+    temporary = directory / (METADATA_FILE + ".tmp")
+    temporary.write_text(json.dumps(metadata, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temporary, directory / METADATA_FILE)
+    return directory
 
 
 def save_bundle(

@@ -10,14 +10,20 @@ besides the generic fields (format, format_version, blastscope_version, kind, we
                     ``num_classes`` equals the number of ``classes``
 ``classes``         class names in logit order. ``blast``: exactly ``["non-blast", "blast"]``;
                     ``mutation``: any two or more distinct names, by default
-                    ``["PML::RARA", "NPM1", "CBFB::MYH11", "RUNX1::RUNX1T1"]``
+                    ``["PML::RARA", "NPM1", "CBFB::MYH11", "RUNX1::RUNX1T1"]``;
+                    ``nucleated``: exactly ``["red cell", "platelet", "white cell"]`` (every
+                    segmented object; white cells and blasts are the nucleated ones)
 ``input``           ``window_um`` (side of the square crop window, µm), ``pixel_size_um`` (µm per
                     crop pixel), ``crop_px`` (= round(window_um / pixel_size_um)),
                     ``mask_to_cell`` (other cells' pixels set to the fill, see
                     :mod:`blastscope.crops`),
                     ``normalisation`` ``{"mean": [r, g, b], "std": [r, g, b]}`` applied to crops
-                    scaled to [0, 1]: ``(crop - mean) / std``
+                    scaled to [0, 1]: ``(crop - mean) / std``; optional
+                    ``stain_normalisation``: ``"none"`` (default) or ``"cells"`` (the field is
+                    normalised against its own objects before crops are cut,
+                    :mod:`blastscope.stain`)
 ``threshold``       blast: the default decision threshold on ``p_blast`` in [0, 1];
+                    nucleated: the threshold on the white-cell probability;
                     mutation: null (the call is the top class)
 ``temperature``     calibration temperature (> 0): probabilities are ``softmax(logits / T)``
 ``training``        how it was made: ``command``, ``git_commit``, ``seed``, ``dataset``,
@@ -51,9 +57,12 @@ from blastscope.models.architectures import (
     default_architecture,
 )
 from blastscope.models.bundle import BundleError, load_bundle, save_bundle
+from blastscope.stain import STAIN_NORMALISATIONS
 
-CLASSIFIER_KINDS = ("blast", "mutation")
+CLASSIFIER_KINDS = ("blast", "mutation", "nucleated")
 BLAST_CLASSES = ("non-blast", "blast")
+NUCLEATED_CLASSES = ("red cell", "platelet", "white cell")
+FIXED_CLASSES = {"blast": BLAST_CLASSES, "nucleated": NUCLEATED_CLASSES}
 MUTATION_CLASSES = ("PML::RARA", "NPM1", "CBFB::MYH11", "RUNX1::RUNX1T1")
 DEFAULT_WINDOW_UM = 24.0
 DEFAULT_CROP_PIXEL_SIZE_UM = 0.5
@@ -78,7 +87,8 @@ REQUIRED_INPUT_KEYS = ("window_um", "pixel_size_um", "crop_px", "mask_to_cell", 
 @dataclass(frozen=True)
 class CropInput:
     """How a classifier's crops are made: window (µm), crop pixel size (µm), side (px), masking,
-    and the per-channel normalisation of crops scaled to [0, 1]."""
+    the per-channel normalisation of crops scaled to [0, 1], and the field's stain
+    normalisation before cutting (``"none"`` or ``"cells"``)."""
 
     window_um: float
     pixel_size_um: float
@@ -86,6 +96,7 @@ class CropInput:
     mask_to_cell: bool
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    stain_normalisation: str = "none"
 
 
 @dataclass(eq=False)
@@ -164,6 +175,7 @@ def classifier_metadata(
     window_um: float = DEFAULT_WINDOW_UM,
     pixel_size_um: float = DEFAULT_CROP_PIXEL_SIZE_UM,
     mask_to_cell: bool = False,
+    stain_normalisation: str = "none",
     mean: tuple[float, float, float] | list[float] = DEFAULT_MEAN,
     std: tuple[float, float, float] | list[float] = DEFAULT_STD,
     threshold: float | None = DEFAULT_THRESHOLD,
@@ -179,7 +191,7 @@ def classifier_metadata(
     """
     _check_kind(kind)
     if classes is None:
-        classes = BLAST_CLASSES if kind == "blast" else MUTATION_CLASSES
+        classes = FIXED_CLASSES.get(kind, MUTATION_CLASSES)
     if architecture is None:
         architecture = default_architecture(len(classes))
     return {
@@ -193,6 +205,11 @@ def classifier_metadata(
             "pixel_size_um": float(pixel_size_um),
             "crop_px": crop_size_px(window_um, pixel_size_um),
             "mask_to_cell": bool(mask_to_cell),
+            **(
+                {}
+                if stain_normalisation == "none"
+                else {"stain_normalisation": stain_normalisation}
+            ),
             "normalisation": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         },
         "threshold": None if kind == "mutation" else threshold,
@@ -205,8 +222,8 @@ def classifier_metadata(
 def _check_kind(kind: str) -> None:
     if kind not in CLASSIFIER_KINDS:
         raise BundleError(
-            f"A classifier bundle's kind is 'blast' or 'mutation', got {kind!r}; segmenter "
-            "bundles load with blastscope.segment."
+            f"A classifier bundle's kind is one of {', '.join(CLASSIFIER_KINDS)}, got {kind!r}; "
+            "segmenter bundles load with blastscope.segment."
         )
 
 
@@ -246,10 +263,11 @@ def validate_classifier_metadata(metadata: dict[str, Any], where: str = "the bun
         raise BundleError(
             f"{where}: 'classes' must be a list of two or more distinct names, got {classes!r}."
         )
-    if kind == "blast" and tuple(classes) != BLAST_CLASSES:
+    fixed = FIXED_CLASSES.get(kind)
+    if fixed is not None and tuple(classes) != fixed:
         raise BundleError(
-            f"{where} is a blast bundle with classes {classes}, but blast bundles have exactly "
-            f"{list(BLAST_CLASSES)} (in that order). Retrain it with `blastscope train blast`."
+            f"{where} is a {kind} bundle with classes {classes}, but {kind} bundles have exactly "
+            f"{list(fixed)} (in that order). Retrain it with `blastscope train {kind}`."
         )
     for key in ("window_um", "pixel_size_um"):
         if not _number(crop[key]) or crop[key] <= 0:
@@ -263,6 +281,12 @@ def validate_classifier_metadata(metadata: dict[str, Any], where: str = "the bun
         )
     if not isinstance(crop["mask_to_cell"], bool):
         raise BundleError(f"{where}: input.mask_to_cell must be true or false.")
+    stain = crop.get("stain_normalisation", "none")
+    if stain not in STAIN_NORMALISATIONS:
+        raise BundleError(
+            f"{where}: input.stain_normalisation must be one of "
+            f"{', '.join(STAIN_NORMALISATIONS)}, got {stain!r}."
+        )
     mean, std = crop["normalisation"]["mean"], crop["normalisation"]["std"]
     for label, values in (("mean", mean), ("std", std)):
         if not isinstance(values, list) or len(values) != 3 or not all(map(_number, values)):
@@ -272,9 +296,9 @@ def validate_classifier_metadata(metadata: dict[str, Any], where: str = "the bun
     if min(std) <= 0:
         raise BundleError(f"{where}: input.normalisation.std must be positive, got {std}.")
     threshold = metadata["threshold"]
-    if kind == "blast" and (not _number(threshold) or not 0 <= threshold <= 1):
+    if kind != "mutation" and (not _number(threshold) or not 0 <= threshold <= 1):
         raise BundleError(
-            f"{where}: a blast bundle's threshold must be a number in [0, 1], got {threshold!r}."
+            f"{where}: a {kind} bundle's threshold must be a number in [0, 1], got {threshold!r}."
         )
     temperature = metadata["temperature"]
     if not _number(temperature) or temperature <= 0:
@@ -292,6 +316,7 @@ def validate_classifier_metadata(metadata: dict[str, Any], where: str = "the bun
         mask_to_cell=crop["mask_to_cell"],
         mean=tuple(float(v) for v in mean),
         std=tuple(float(v) for v in std),
+        stain_normalisation=stain,
     )
 
 

@@ -43,6 +43,7 @@ from skimage.segmentation import watershed
 
 from blastscope.cells import nuclear_stain_index, optical_density
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
+from blastscope.train.boxes import box_iou, mask_box
 
 RBC_DIAMETER_UM = 7.5
 RBC_DIAMETER_PX = RBC_DIAMETER_UM / BCCD_PIXEL_SIZE_UM
@@ -135,22 +136,6 @@ def derive_masks(
     weight = np.ones((height, width), np.float32)
     weight[ndi.binary_dilation(clumps, iterations=3) & ~taken] = CLUMP_WEIGHT
     return _relabel(labels), weight
-
-
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two boxes (xmin, ymin, xmax, ymax)."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (xmin, ymin, xmax, ymax) of a boolean mask, max exclusive."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)
 
 
 def _boxes_of(boxes: pd.DataFrame, name: str) -> list[tuple[int, int, int, int]]:

@@ -524,14 +524,18 @@ def bccd_white_cells(
     split: str = "train",
     window_um: float,
     pixel_size_um: float,
+    stain_normalisation: str = "none",
 ) -> CellSet:
     """The white cells of BCCD's ``split`` fields as real non-blasts (normal blood, MIT).
 
     Each white-cell box's centre is cut like a cell at inference (the bundle's window around it,
     at BCCD's 0.08 µm per pixel); each field is a slide of its own, so a split by slide keeps a
     field's cells together. Labels are ("non-blast", "blast") = 0, and they are the truth.
+    ``stain_normalisation="cells"`` normalises each field against the objects the shipped
+    segmenter finds in it before cutting.
     """
     from blastscope.samples import BCCD_PIXEL_SIZE_UM
+    from blastscope.segment import SegmentationParams, segment
     from blastscope.train.bccd_masks import bccd_root, read_fields, read_split
 
     folder = bccd_root(root)
@@ -547,9 +551,13 @@ def bccd_white_cells(
             ],
             axis=1,
         )
+        image = bccd_field.image
+        if stain_normalisation != "none":
+            labels = segment(image, BCCD_PIXEL_SIZE_UM, SegmentationParams()).labels
+            image = _stained(image, labels, stain_normalisation)
         crops.append(
             extract_crops(
-                bccd_field.image,
+                image,
                 centres,
                 pixel_size_um=BCCD_PIXEL_SIZE_UM,
                 window_um=window_um,
@@ -575,8 +583,22 @@ def bccd_white_cells(
             "n_cells": len(slides),
             "source_pixel_size_um": BCCD_PIXEL_SIZE_UM,
             "licence": "MIT (BCCD_Dataset, Shenggan)",
+            "stain_normalisation": stain_normalisation,
         },
     )
+
+
+def _stained(image: np.ndarray, labels: np.ndarray, stain_normalisation: str) -> np.ndarray:
+    """``image`` as a bundle with this ``stain_normalisation`` sees it."""
+    if stain_normalisation == "none":
+        return image
+    if stain_normalisation != "cells":
+        raise DatasetError(
+            f"Unknown stain normalisation {stain_normalisation!r}: choose none or cells."
+        )
+    from blastscope.stain import normalise_to_cells
+
+    return normalise_to_cells(image, labels)
 
 
 SYNTHETIC_FIELD_SHAPE = (1024, 1024)
@@ -594,8 +616,12 @@ def synthetic_cells_steps(
     pixel_size_um: float,
     classes: Sequence[str],
     field_shape: tuple[int, int] = SYNTHETIC_FIELD_SHAPE,
+    stain_normalisation: str = "none",
 ) -> Generator[Progress, None, CellSet]:
     """Nucleated cells of ``n_slides`` synthetic slides, ``cells_per_slide`` from each.
+
+    ``stain_normalisation="cells"`` normalises each field against its (true) cells before the
+    crops are cut (:mod:`blastscope.stain`), as inference does for bundles that ask for it.
 
     The cells of a slide are a random sample (seeded) of the nucleated cells of its fields.
     ``kind="blast"``: labels are blast / non-blast (``classes`` = ("non-blast", "blast")).
@@ -630,7 +656,7 @@ def synthetic_cells_steps(
             nucleated = synthetic_field.cells[synthetic_field.cells["is_nucleated"]]
             slide_crops.append(
                 extract_crops(
-                    synthetic_field.image,
+                    _stained(synthetic_field.image, synthetic_field.labels, stain_normalisation),
                     nucleated[["centroid_y", "centroid_x"]].to_numpy(),
                     pixel_size_um=synthetic_field.pixel_size_um,
                     window_um=window_um,
@@ -673,5 +699,6 @@ def synthetic_cells_steps(
             "seed": seed,
             "field_shape": list(field_shape),
             "cells": "nucleated cells, crops cut around their centroids",
+            "stain_normalisation": stain_normalisation,
         },
     )

@@ -260,12 +260,15 @@ def run_experiment_steps(
     resume: bool = False,
     write_bundle: bool = True,
     overwrite: bool = False,
+    crop_options: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, ExperimentResult]:
     """Train and evaluate a ``kind`` ("blast" or "mutation") classifier on ``cells``.
 
     Writes ``out_dir/checkpoint.pt`` (each epoch), ``out_dir/report/`` and the bundle (in
     ``bundle_dir``, default ``out_dir/bundle``). ``split`` defaults to :func:`split_cells` with the
-    fractions and the config's seed. ``provenance`` adds to the bundle's ``training`` record.
+    fractions and the config's seed. ``provenance`` adds to the bundle's ``training`` record;
+    ``crop_options`` (``mask_to_cell``, ``stain_normalisation``) to its crop settings, as the
+    cells were cut.
     """
     out_dir = Path(out_dir)
     bundle_dir = Path(bundle_dir) if bundle_dir is not None else out_dir / "bundle"
@@ -406,6 +409,7 @@ def run_experiment_steps(
             temperature=temperature,
             demo=demo,
             training=training,
+            **(crop_options or {}),
             metrics=_compact(
                 {
                     k: v

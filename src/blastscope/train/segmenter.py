@@ -49,8 +49,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from scipy import ndimage as ndi
-from scipy.optimize import linear_sum_assignment
 
 from blastscope.devices import resolve_device
 from blastscope.models.bundle import save_bundle
@@ -68,6 +66,7 @@ from blastscope.train.bccd_masks import (
     read_fields,
     read_split,
 )
+from blastscope.train.boxes import wbc_box_matches, wbc_recall_summary
 
 SYNTHETIC_PRESETS = ("default", "blood")
 SYNTHETIC_EVAL_SEED = 1_000_000
@@ -529,50 +528,6 @@ def _evaluate(
     return metrics
 
 
-def wbc_box_matches(labels: np.ndarray, boxes: pd.DataFrame) -> pd.DataFrame:
-    """One-to-one match of the WBC boxes with segmented objects by bounding-box IoU.
-
-    ``labels`` (Y, X) int; ``boxes`` with class, xmin, ymin, xmax, ymax (pixels, VOC). Returns
-    one row per WBC box: ``iou`` (of its assigned object's bounding box, 0 if none; Hungarian
-    assignment maximising the total IoU), ``label`` (the object, 0 if none) and
-    ``touches_border`` (the box reaches the field border).
-    """
-    wbc = boxes[boxes["class"] == "WBC"]
-    height, width = labels.shape
-    box_array = wbc[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
-    object_boxes, object_ids = _object_boxes(labels)
-    iou = _box_iou_matrix(box_array, object_boxes)
-    best = np.zeros(len(wbc))
-    matched = np.zeros(len(wbc), np.int64)
-    if iou.size:
-        rows, cols = linear_sum_assignment(-iou)
-        best[rows] = iou[rows, cols]
-        matched[rows] = object_ids[cols]
-    touches = (
-        (box_array[:, 0] <= 2)
-        | (box_array[:, 1] <= 2)
-        | (box_array[:, 2] >= width - 2)
-        | (box_array[:, 3] >= height - 2)
-    )
-    return pd.DataFrame({"iou": best, "label": matched, "touches_border": touches})
-
-
-def wbc_recall_summary(matches: pd.DataFrame) -> dict[str, Any]:
-    """Recall of WBC boxes at bounding-box IoU >= 0.5 and >= 0.7, all / off / on the border."""
-    summary: dict[str, Any] = {"n_boxes": len(matches)}
-    for name, subset in (
-        ("all", matches),
-        ("interior", matches[~matches["touches_border"]]),
-        ("border", matches[matches["touches_border"]]),
-    ):
-        summary[name] = {
-            "n": len(subset),
-            "recall_iou50": round(float((subset["iou"] >= 0.5).mean()), 4) if len(subset) else None,
-            "recall_iou70": round(float((subset["iou"] >= 0.7).mean()), 4) if len(subset) else None,
-        }
-    return summary
-
-
 def synthetic_average_precision(params: SegmentationParams, n_fields: int) -> dict[str, Any]:
     """AP at mask IoU 0.5 (TP / (TP + FP + FN), Cellpose's definition) on held-out fields.
 
@@ -607,31 +562,3 @@ def synthetic_average_precision(params: SegmentationParams, n_fields: int) -> di
         "fp": int(fp),
         "fn": int(fn),
     }
-
-
-def _object_boxes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding boxes (N, 4: xmin, ymin, xmax, ymax exclusive) of the labels present, and ids."""
-    slices = ndi.find_objects(labels)
-    ids, boxes = [], []
-    for index, found in enumerate(slices, start=1):
-        if found is not None:
-            rows, cols = found
-            ids.append(index)
-            boxes.append((cols.start, rows.start, cols.stop, rows.stop))
-    return np.array(boxes, float).reshape(-1, 4), np.array(ids, np.int64)
-
-
-def _box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4) -> (N, M)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    ix = np.clip(
-        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
-    )
-    iy = np.clip(
-        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)

@@ -11,10 +11,11 @@ from magicgui.widgets import Container, Label, create_widget
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
 
-from blastscope.cells import measure_cells
 from blastscope.io import to_rgb_uint8
+from blastscope.pipeline import sort_cells_steps
 from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult, software_versions, utc_timestamp
+from blastscope.segment import SegmentationParams
 from blastscope.widgets._layers import (
     SOURCE_KEY,
     cells_layer_name,
@@ -174,9 +175,9 @@ def _measured(
     pixels: np.ndarray, labels: np.ndarray, pixel_size_um: float, provenance: dict
 ) -> Steps[SlideResult]:
     rgb, notices = to_rgb_uint8(pixels)
-    yield Progress("measure", 0, 1, "measuring cells")
-    cells = measure_cells(rgb, labels.astype(np.int32, copy=False), pixel_size_um)
-    yield Progress("measure", 1, 1, f"{len(cells)} cells")
+    cells = yield from sort_cells_steps(
+        rgb, labels.astype(np.int32, copy=False), pixel_size_um, SegmentationParams()
+    )
     provenance = {
         **provenance,
         "created": utc_timestamp(),
