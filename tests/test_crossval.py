@@ -257,7 +257,12 @@ def test_train_and_evaluate_read_a_cellavision_export(tiny_export, tmp_path, cap
     assert source["skipped"]["unsigned (no cell type)"] == 20
     evaluate = ["evaluate", str(tmp_path / "m" / "bundle"), *options[:12], *names]
     assert main([*evaluate, "--out", str(tmp_path / "e"), "--device", "cpu"]) == 0
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["kind"] == "mutation"
+    evaluated = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert evaluated["kind"] == "mutation"
+    threshold = classifier.metadata["metrics"]["operating_point"]["threshold"]
+    assert evaluated["patients"]["operating_threshold"] == threshold
+    assert evaluated["patients"]["n_patients"] == 10
+    assert "patients" not in classifier.metadata["metrics"]["test_patients"]  # rows stay out
     root, table = tiny_export
     refused = ["train", "blast", "--cellavision", str(root), "--patients", str(table)]
     assert main([*refused, "--out", str(tmp_path / "b")]) == 2

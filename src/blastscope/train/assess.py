@@ -27,6 +27,7 @@ from blastscope.models.bundle import read_metadata
 from blastscope.models.classifier import Classifier, load_classifier
 from blastscope.progress import Progress, run_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS
+from blastscope.train.crossval import format_estimate, patient_level_metrics
 from blastscope.train.datasets import CellSet, DatasetError
 from blastscope.train.evaluate import (
     call_rates_by_cell_type,
@@ -125,13 +126,20 @@ def evaluate_steps(
                 probabilities[:, 1], truth == 1, cells.slide_ids, cutoff
             )
     elif has_slides:
+        slide_truth = labels_per_slide(truth, cells.slide_ids, classifier.classes)
         metrics["slides"] = mutation_slide_metrics(
-            probabilities,
-            cells.slide_ids,
-            labels_per_slide(truth, cells.slide_ids, classifier.classes),
-            classifier.classes,
-            min_blasts=min_blasts,
+            probabilities, cells.slide_ids, slide_truth, classifier.classes, min_blasts=min_blasts
         )
+        if len(classifier.classes) == 2:
+            operating = classifier.metadata["metrics"].get("operating_point", {})
+            metrics["patients"] = patient_level_metrics(
+                probabilities,
+                cells.slide_ids,
+                slide_truth,
+                classifier.classes,
+                min_blasts=min_blasts,
+                threshold=operating.get("threshold"),
+            )
     write_report(
         out_dir,
         metrics,
@@ -188,6 +196,16 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"slide calls: {slides['n_called']} of {slides['n_slides']} slides called"
             + (f", {right:.0%} right" if right is not None else "")
+        )
+    patients = metrics.get("patients")
+    if patients:
+        print(
+            f"patients ({patients['positive_class']} vs rest, mean of the blasts, >= "
+            f"{patients['min_blasts']} blasts): AUC {format_estimate(patients['auc_called'])}; "
+            f"sensitivity at 90% specificity "
+            f"{format_estimate(patients['sensitivity_at_90_specificity'], 2)}; "
+            f"{patients['n_patients'] - patients['n_called']} of {patients['n_patients']} "
+            "abstained"
         )
     print(f"report: {Path(args.out) / 'metrics.json'} and its PNGs")
     return 0

@@ -755,6 +755,87 @@ def mutation_metrics(
     }
 
 
+def patient_level_metrics(
+    probabilities: np.ndarray,
+    slide_ids: np.ndarray,
+    slide_truth: Mapping[str, str],
+    classes: Sequence[str],
+    *,
+    positive: str | None = None,
+    min_blasts: int = 1,
+    threshold: float | None = None,
+    n_bootstrap: int = DEFAULT_N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Patient-level scores of a binary call, pooled by the mean of the patients' blasts.
+
+    ``probabilities`` (N, K) of the blasts, ``slide_ids`` (N,) their patients, ``slide_truth``
+    patient -> class. Returns the patient AUC over the called patients (at least
+    ``min_blasts`` blasts) and over every patient (abstentions at 0.5), the sensitivity at 90%
+    specificity, with patient-bootstrap intervals, the abstentions, and at ``threshold`` (an
+    operating point chosen elsewhere) the sensitivity and specificity.
+    """
+    positive = positive or classes[-1]
+    patients = sorted(slide_truth)
+    pooled = _pooled_scores(probabilities, np.asarray(slide_ids).astype(str), "mean", patients)
+    table = pd.DataFrame(
+        {
+            "arm": "mean",
+            "patient": patients,
+            "truth": [slide_truth[p] for p in patients],
+            "n_blasts": [int((np.asarray(slide_ids) == p).sum()) for p in patients],
+            "operating_threshold": math.inf if threshold is None else threshold,
+            **{f"p_{name}": pooled[:, k] for k, name in enumerate(classes)},
+        }
+    )
+    statistics = _arm_statistics(table, positive, min_blasts)
+    groups = table["patient"].to_numpy(str)
+    names = ["auc_called", "auc_all", "sensitivity_at_90_specificity", "abstention_rate"]
+    if threshold is not None:
+        names += ["operating_point_sensitivity", "operating_point_specificity"]
+    metrics: dict[str, Any] = {
+        name: cluster_bootstrap(
+            statistics[name], groups, n_bootstrap=n_bootstrap, seed=seed
+        ).to_dict()
+        for name in names
+    }
+    called = table["n_blasts"] >= max(min_blasts, 1)
+    metrics.update(
+        positive_class=positive,
+        pooling="mean",
+        min_blasts=min_blasts,
+        operating_threshold=threshold,
+        n_patients=len(table),
+        n_called=int(called.sum()),
+        abstained_by_truth={
+            str(label): int((~called[table["truth"] == label]).sum())
+            for label in sorted(table["truth"].unique())
+        },
+        patients=[
+            {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in row.items()}
+            for row in table.drop(columns=["arm", "operating_threshold"]).to_dict("records")
+        ],
+    )
+    return metrics
+
+
+def operating_threshold(
+    probabilities: np.ndarray,
+    slide_ids: np.ndarray,
+    slide_truth: Mapping[str, str],
+    classes: Sequence[str],
+    positive: str | None = None,
+) -> float:
+    """The patient-score threshold (mean pooling) with 90% specificity on these patients."""
+    positive = positive or classes[-1]
+    patients = sorted(slide_truth)
+    pooled = _pooled_scores(probabilities, np.asarray(slide_ids).astype(str), "mean", patients)
+    scores = pooled[:, list(classes).index(positive)]
+    truth = np.array([slide_truth[p] == positive for p in patients])
+    defined = np.isfinite(scores)
+    return threshold_at_specificity(scores[defined], truth[defined], OPERATING_SPECIFICITY)
+
+
 def shortcut_audit(
     cells: CellSet, patients: pd.DataFrame, arm: str, positive: str, min_blasts: int
 ) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import torch
 from blastscope.models.classifier import classifier_metadata, save_classifier
 from blastscope.progress import Progress
 from blastscope.slide_call import call_slide
+from blastscope.train.crossval import operating_threshold, patient_level_metrics
 from blastscope.train.datasets import CellSet, Split, split_cells
 from blastscope.train.evaluate import (
     call_rates_by_cell_type,
@@ -231,11 +232,11 @@ def mutation_slide_metrics(
 
 
 def _compact(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Metrics for the bundle: without the calibration bins and per-slide rows."""
+    """Metrics for the bundle: without the calibration bins and per-slide / per-patient rows."""
     return {
         key: _compact(value) if isinstance(value, dict) else value
         for key, value in metrics.items()
-        if key not in ("calibration_bins", "slides")
+        if key not in ("calibration_bins", "slides", "patients")
     }
 
 
@@ -343,6 +344,29 @@ def run_experiment_steps(
     if kind == "mutation" and split.by == "slide":
         test_slides = cells.slide_ids[split.test]
         slide_truth = labels_per_slide(test_truth, test_slides, cells.classes)
+        if n_classes == 2:
+            val_slides = cells.slide_ids[split.val]
+            threshold_90 = operating_threshold(
+                val_probabilities,
+                val_slides,
+                labels_per_slide(noisy_labels[split.val], val_slides, cells.classes),
+                cells.classes,
+            )
+            metrics["operating_point"] = {
+                "positive_class": cells.classes[-1],
+                "pooling": "mean",
+                "threshold": threshold_90,
+                "chosen": "90% specificity on the validation patients",
+            }
+            metrics["test_patients"] = patient_level_metrics(
+                test_probabilities,
+                test_slides,
+                slide_truth,
+                cells.classes,
+                min_blasts=min_blasts,
+                threshold=threshold_90,
+                seed=config.seed,
+            )
         metrics["test_slides"] = mutation_slide_metrics(
             test_probabilities,
             test_slides,

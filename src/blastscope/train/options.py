@@ -34,6 +34,7 @@ from blastscope.train.cellavision import (
     parse_label_names,
     read_patients,
 )
+from blastscope.train.crossval import format_estimate
 from blastscope.train.datasets import (
     CellSet,
     DatasetError,
@@ -386,6 +387,15 @@ def train_and_report(
         print(
             f"slide calls: {slides['n_called']} of {slides['n_slides']} test slides called, "
             f"accuracy of calls {_share(slides['accuracy_of_calls'])}"
+        )
+    patients = result.metrics.get("test_patients")
+    if patients:
+        print(
+            f"test patients ({patients['positive_class']} vs rest, mean of the blasts): AUC "
+            f"{format_estimate(patients['auc_called'])}; operating point (90% specificity on "
+            f"the validation patients) sensitivity "
+            f"{format_estimate(patients['operating_point_sensitivity'], 2)}, specificity "
+            f"{format_estimate(patients['operating_point_specificity'], 2)}"
         )
     if slides and kind == "blast":
         print(
