@@ -111,7 +111,13 @@ def test_missing_inputs_and_models_name_the_problem(slides_folder, tmp_path, cap
 def test_models_list_shows_the_shipped_bundles_and_their_provenance(capsys):
     assert main(["models", "list", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert {"smear-cellpose", "blast-demo", "mutation-demo"} <= set(rows)
+    assert {
+        "smear-cellpose",
+        "smear-nucleated",
+        "blast-smear",
+        "blast-demo",
+        "mutation-demo",
+    } <= set(rows)
     assert rows["blast-demo"]["demo"] is True
     assert rows["blast-demo"]["command"].startswith("blastscope train blast")
     assert main(["models", "list"]) == 0

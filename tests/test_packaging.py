@@ -55,4 +55,10 @@ def test_built_wheel_contains_the_manifest_models_and_samples(tmp_path):
     assert "blastscope/data/samples/LICENSE-BCCD" in names
     shipped_prefix = "blastscope/models/shipped/"
     shipped = {name.split("/")[3] for name in names if name.startswith(shipped_prefix)}
-    assert {"smear-cellpose", "blast-demo", "mutation-demo"} <= shipped
+    assert {
+        "smear-cellpose",
+        "smear-nucleated",
+        "blast-smear",
+        "blast-demo",
+        "mutation-demo",
+    } <= shipped

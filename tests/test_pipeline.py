@@ -7,6 +7,7 @@ import pytest
 
 from blastscope.models import BundleError
 from blastscope.pipeline import (
+    DEFAULT_BLAST_MODEL,
     PipelineConfig,
     SlideCallSettings,
     analyse,
@@ -57,7 +58,7 @@ def test_analyse_runs_every_stage_in_order_and_fills_the_table(analysed, field):
 
 def test_provenance_names_models_hashes_and_settings(analysed):
     provenance = analysed[0].provenance
-    assert provenance["blast"]["name"] == "blast-demo"
+    assert provenance["blast"]["name"] == DEFAULT_BLAST_MODEL
     assert len(provenance["blast"]["sha256"]) == 64
     assert provenance["blast"]["demo"] is True
     assert provenance["mutation"]["classes"] == list(analysed[0].slide_call.classes)

@@ -15,6 +15,7 @@ from blastscope.models.bundle import SHIPPED_DIR
 from blastscope.models.classifier import BLAST_CLASSES, MUTATION_CLASSES, load_classifier
 
 COMMANDS_FILE = SHIPPED_DIR / "TRAINING.md"
+BCCD_DIR = Path(__file__).parent / "data" / "bccd"
 TINY_BUDGET = {"--n-slides": "6", "--cells-per-slide": "24", "--epochs": "1"}
 
 
@@ -31,8 +32,11 @@ def recorded_commands() -> dict[str, list[str]]:
 
 
 def with_tiny_budget(argv: list[str], out: Path) -> list[str]:
-    """The same command with the tiny budget, writing to ``out`` (not into the package)."""
+    """The same command with the tiny budget, writing to ``out`` (not into the package); BCCD
+    from the test fields."""
     argv = list(argv)
+    if "--real-negatives" in argv:
+        argv += ["--bccd", str(BCCD_DIR), "--bccd-list", str(BCCD_DIR / "fields.txt")]
     for option, value in TINY_BUDGET.items():
         argv[argv.index(option) + 1] = value
     for option in ("--bundle", "--out"):
@@ -49,12 +53,17 @@ def schema(value):
     return type(value).__name__ if not isinstance(value, (int, float)) else "number"
 
 
-@pytest.mark.parametrize(("name", "kind"), [("blast-demo", "blast"), ("mutation-demo", "mutation")])
+SHIPPED = [("blast-smear", "blast"), ("blast-demo", "blast"), ("mutation-demo", "mutation")]
+
+
+@pytest.mark.parametrize(("name", "kind"), SHIPPED)
 def test_shipped_bundle_loads_by_name_and_says_it_is_a_demo(name, kind):
     classifier = load_classifier(name, kind)
     assert classifier.demo is True
     assert classifier.classes == (BLAST_CLASSES if kind == "blast" else MUTATION_CLASSES)
-    assert classifier.metadata["training"]["dataset"]["source"]["preset"] == "default"
+    source = classifier.metadata["training"]["dataset"]["source"]
+    synthetic = source if source["kind"] == "synthetic" else source["parts"][0]
+    assert synthetic["preset"] == "default"
     assert classifier.metadata["metrics"]["test"]["accuracy"] > 0.5
     size = sum(path.stat().st_size for path in classifier.path.iterdir())
     assert size < 8_000_000
@@ -64,7 +73,7 @@ def test_recorded_commands_name_both_bundles_and_say_not_for_diagnosis():
     text = COMMANDS_FILE.read_text(encoding="utf-8")
     assert "not for diagnosis" in text
     commands = recorded_commands()
-    assert set(commands) == {"blast-demo", "mutation-demo"}
+    assert set(commands) == {name for name, _ in SHIPPED}
     for name, argv in commands.items():
         assert argv[argv.index("--synthetic") + 1] == "default"
         assert "--demo" in argv
@@ -72,7 +81,7 @@ def test_recorded_commands_name_both_bundles_and_say_not_for_diagnosis():
         assert shipped["training"]["command"].endswith(" ".join(argv[1:])), name
 
 
-@pytest.mark.parametrize(("name", "kind"), [("blast-demo", "blast"), ("mutation-demo", "mutation")])
+@pytest.mark.parametrize(("name", "kind"), SHIPPED)
 def test_recorded_command_with_a_tiny_budget_makes_a_bundle_like_the_shipped_one(
     name, kind, tmp_path
 ):

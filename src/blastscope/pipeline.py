@@ -29,7 +29,7 @@ from blastscope.result import SlideResult, software_versions, utc_timestamp
 from blastscope.segment import SegmentationParams, recompute_masks, segment_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, call_slide
 
-DEFAULT_BLAST_MODEL = "blast-demo"
+DEFAULT_BLAST_MODEL = "blast-smear"
 DEFAULT_MUTATION_MODEL = "mutation-demo"
 
 

@@ -85,6 +85,15 @@ def read_split(root: str | Path, split: str) -> list[str]:
     return path.read_text(encoding="utf-8").split()
 
 
+def bccd_field_ids(
+    root: str | Path, split: str, listed: str | Path | None = None, n: int | None = None
+) -> list[str]:
+    """Field ids: those listed in the file ``listed`` (whitespace-separated), else the
+    ``split``'s (``splits/<split>.txt``); the first ``n`` of them."""
+    ids = Path(listed).read_text(encoding="utf-8").split() if listed else read_split(root, split)
+    return ids[:n]
+
+
 def read_fields(root: str | Path, field_ids: list[str]) -> list[BccdField]:
     """Load fields and their boxes; ``root`` holds ``images/`` and ``boxes.csv``."""
     root = Path(root)

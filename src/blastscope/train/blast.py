@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "fields (normal blood, MIT; --bccd)",
     )
     parser.add_argument("--bccd", type=Path, help="BCCD folder (default ../shared/data/bccd_smear)")
+    parser.add_argument(
+        "--bccd-list",
+        type=Path,
+        help="a file listing the BCCD field ids to use (default: splits/train.txt of --bccd)",
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -47,7 +52,12 @@ def _run(args: argparse.Namespace) -> int:
     cells = load_cells(args, "blast", BLAST_CLASSES, show)
     if args.real_negatives == "bccd":
         cells = cells.concat(
-            bccd_white_cells(args.bccd, window_um=args.window_um, pixel_size_um=args.pixel_size_um)
+            bccd_white_cells(
+                args.bccd,
+                listed=args.bccd_list,
+                window_um=args.window_um,
+                pixel_size_um=args.pixel_size_um,
+            )
         )
     return train_and_report(args, cells, "blast", show, threshold=args.threshold)
 

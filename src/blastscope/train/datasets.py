@@ -522,6 +522,7 @@ def bccd_white_cells(
     root: str | os.PathLike | None,
     *,
     split: str = "train",
+    listed: str | os.PathLike | None = None,
     window_um: float,
     pixel_size_um: float,
     stain_normalisation: str = "none",
@@ -536,11 +537,11 @@ def bccd_white_cells(
     """
     from blastscope.samples import BCCD_PIXEL_SIZE_UM
     from blastscope.segment import SegmentationParams, segment
-    from blastscope.train.bccd_masks import bccd_root, read_fields, read_split
+    from blastscope.train.bccd_masks import bccd_field_ids, bccd_root, read_fields
 
     folder = bccd_root(root)
     crops, slides = [], []
-    for bccd_field in read_fields(folder, read_split(folder, split)):
+    for bccd_field in read_fields(folder, bccd_field_ids(folder, split, listed)):
         boxes = bccd_field.boxes[bccd_field.boxes["class"] == "WBC"]
         if boxes.empty:
             continue
@@ -578,7 +579,7 @@ def bccd_white_cells(
         source={
             "kind": "BCCD white cells",
             "root": str(folder),
-            "split": split,
+            "fields": f"listed in {listed}" if listed else f"splits/{split}.txt",
             "n_fields": len(set(slides)),
             "n_cells": len(slides),
             "source_pixel_size_um": BCCD_PIXEL_SIZE_UM,

@@ -44,7 +44,7 @@ from blastscope.progress import Progress, run_steps
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import SegmentationParams, segment
 from blastscope.stain import normalise_to_cells
-from blastscope.train.bccd_masks import bccd_root, read_fields, read_split
+from blastscope.train.bccd_masks import bccd_field_ids, bccd_root, read_fields
 from blastscope.train.boxes import box_iou_matrix, nucleated_call_scores, object_boxes
 from blastscope.train.datasets import CellSet, DatasetError
 from blastscope.train.options import add_training_arguments, run_guarded, train_config
@@ -129,12 +129,6 @@ def bccd_object_classes(labels: np.ndarray, boxes: pd.DataFrame) -> np.ndarray:
     return classes
 
 
-def field_ids(root: Path, split: str, listed: Path | None, n: int | None) -> list[str]:
-    """BCCD field ids: listed in the file ``listed``, else the ``split``'s; the first ``n``."""
-    ids = listed.read_text(encoding="utf-8").split() if listed else read_split(root, split)
-    return ids[:n]
-
-
 def nucleated_cells_steps(
     bccd: Path | None,
     *,
@@ -149,7 +143,7 @@ def nucleated_cells_steps(
     from blastscope.train.segmenter import augment_stain
 
     root = bccd_root(bccd)
-    train_ids = field_ids(root, "train", bccd_list, n_bccd_fields)
+    train_ids = bccd_field_ids(root, "train", bccd_list, n_bccd_fields)
     crops, classes, fields = [], [], []
     params = SegmentationParams(device=device, nucleated_model=None)
     for index, bccd_field in enumerate(read_fields(root, train_ids)):
@@ -234,7 +228,7 @@ def bccd_validation_scores(
     from blastscope.pipeline import sort_cells_steps
 
     root = bccd_root(bccd)
-    val_ids = field_ids(root, "val", listed, n_fields)
+    val_ids = bccd_field_ids(root, "val", listed, n_fields)
     totals = {"boxes": 0, "found": 0, "called": 0, "called_matching_a_box": 0}
     params = SegmentationParams(device=device, nucleated_model=str(bundle))
     for index, bccd_field in enumerate(read_fields(root, val_ids)):
