@@ -87,9 +87,12 @@ def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_vie
     widget.colour_by.value = COLOUR_BY[1]
     colours = viewer.layers[session.colour_layer_name]
     probabilities = features[[f"p_{name}" for name in call.classes]].to_numpy()
-    row = int(np.flatnonzero(features["is_nucleated"])[0])
+    row = int(np.flatnonzero(features["is_blast"])[0])
     inside = tuple(np.argwhere(session.result.labels == features["label"].iloc[row])[0])
     assert colours.data[inside] == probabilities[row].argmax() + 0.5
+    other = int(np.flatnonzero(features["is_nucleated"] & ~features["is_blast"])[0])
+    inside = tuple(np.argwhere(session.result.labels == features["label"].iloc[other])[0])
+    assert np.isnan(colours.data[inside])  # not a blast: no mutation colour
     assert tuple(colours.contrast_limits) == (0.0, float(len(call.classes)))
     assert not colours.colorbar.visible
 
@@ -157,3 +160,33 @@ def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
     assert unclassified.layer.features.equals(features)
     assert unclassified.result.slide_call is None
     assert widget.headline.text() == "No slide call yet"
+
+
+def test_cells_no_longer_blasts_lose_their_mutation_colour_and_text(make_napari_viewer_proxy):
+    from blastscope.widgets._inspector import describe_cell
+
+    viewer, session, classify, widget = classified_viewer(make_napari_viewer_proxy)
+    widget.run()
+    wait_for(widget)
+    widget.colour_by.value = COLOUR_BY[1]
+    features = session.layer.features
+    blasts = np.flatnonzero(features["is_blast"].to_numpy())
+    p_blast = features["p_blast"].to_numpy()
+    # raise the threshold above the lowest-scoring blast: it stops being a blast
+    demoted = blasts[np.argmin(p_blast[blasts])]
+    classify.threshold.value = min(1.0, float(p_blast[demoted]) + 0.01)
+    wait_until(lambda: session.exact)
+    features = session.layer.features
+    assert not features["is_blast"].iloc[demoted]
+    label = int(features["label"].iloc[demoted])
+    inside = tuple(np.argwhere(session.result.labels == label)[0])
+    colours = viewer.layers[session.colour_layer_name]
+    assert np.isnan(colours.data[inside])
+    text = describe_cell(features.iloc[demoted], session.classes)
+    assert not any(name in text for name in session.classes)
+    still = blasts[blasts != demoted]
+    if len(still):
+        row = int(still[np.argmax(p_blast[still])])
+        assert any(
+            name in describe_cell(features.iloc[row], session.classes) for name in session.classes
+        )

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from blastscope.calls import blast_calls, mutation_calls, override_codes, override_column
 from blastscope.crops import CropCutter
 from blastscope.devices import resolve_device
 from blastscope.models.classifier import Classifier
@@ -141,16 +142,12 @@ def apply_blast_threshold(cells: pd.DataFrame, threshold: float) -> pd.DataFrame
     threshold = _check_threshold(threshold)
     _check_cells(cells, ("p_blast",), "classify the cells first (predict.classify_blasts_steps).")
     table = cells.copy()
-    p_blast = table["p_blast"].to_numpy(dtype=np.float64)
-    call = np.zeros(len(table), dtype=bool)
-    np.greater_equal(p_blast, threshold, out=call, where=~np.isnan(p_blast))
+    override = table["blast_override"] if "blast_override" in table.columns else None
+    codes = override_codes(override, len(table))
+    call, is_blast = blast_calls(table["p_blast"].to_numpy(np.float64), threshold, codes)
     table["blast_call"] = call
-    if "blast_override" in table.columns:
-        override = table["blast_override"].astype("boolean")
-    else:
-        override = pd.Series(pd.array([pd.NA] * len(table), dtype="boolean"), index=table.index)
-    table["blast_override"] = override
-    table["is_blast"] = override.fillna(pd.Series(call, index=table.index)).astype(bool)
+    table["blast_override"] = override_column(codes)
+    table["is_blast"] = is_blast
     return table
 
 
@@ -280,13 +277,8 @@ def refresh_mutation_calls(cells: pd.DataFrame, classes: tuple[str, ...]) -> pd.
     Blasts without mutation probabilities get "" too. No network runs.
     """
     table = cells.copy()
-    columns = [mutation_column(name) for name in classes]
-    probabilities = table[columns].to_numpy(dtype=np.float64)
-    has_probabilities = np.isfinite(probabilities).all(axis=1)
-    calls = np.full(len(table), "", dtype=object)
-    chosen = table["is_blast"].to_numpy(dtype=bool) & has_probabilities
-    if chosen.any():
-        top = probabilities[chosen].argmax(axis=1)
-        calls[chosen] = np.asarray(classes, dtype=object)[top]
-    table["mutation_call"] = calls
+    probabilities = table[[mutation_column(name) for name in classes]].to_numpy(np.float64)
+    table["mutation_call"] = mutation_calls(
+        probabilities, classes, table["is_blast"].to_numpy(bool)
+    )
     return table

@@ -307,6 +307,29 @@ def _fixed(value: Any) -> str:
     return f"{value:.3f}" if _number(value) else "n/a"
 
 
+def _call_name(value: Any) -> str:
+    return {True: "blast", False: "non-blast"}.get(value, "the model's call")
+
+
+def _override_section(overrides: list[Mapping[str, Any]]) -> list[str]:
+    """The audit of manual blast calls: which cell changed, from what to what, when."""
+    if not overrides:
+        return []
+    rows = [
+        (
+            str(record.get("time", "")),
+            f"cell {record.get('label')}",
+            _call_name(record.get("before")),
+            _call_name(record.get("after")),
+            _fixed(record.get("p_blast")),
+            "undo" if record.get("action") == "undo" else "",
+        )
+        for record in overrides
+    ]
+    header = ("when (UTC)", "cell", "from", "to", "p_blast", "")
+    return ["<h2>Blast calls changed by hand</h2>", _table(rows, header)]
+
+
 def _page(
     title: str,
     result: SlideResult,
@@ -337,6 +360,7 @@ def _page(
             f"each a {GALLERY_WINDOW_UM:g} µm window (label id and p_blast below it).</p>",
             _image_tag(plots["gallery"], "Cells with the highest p_blast", names["gallery"].name),
         ]
+    sections += _override_section(provenance.get("review", {}).get("overrides", []))
     sections += [
         "<h2>Overlay</h2>",
         _image_tag(

@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import Container, Label, create_widget
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_warning
+from qtpy.QtWidgets import QMessageBox
 
 from blastscope.io import to_rgb_uint8
 from blastscope.pipeline import sort_cells_steps
@@ -56,6 +57,7 @@ class SessionDock(Container):
         self.extend([widget for widget in (self._image, self._cells) if widget is not None])
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._reset_choices)
+        napari_viewer.layers.selection.events.active.connect(self._on_active_layer)
         if self._image is not None:
             self._image.changed.connect(self._pick_cells_of_image)
         self._cells.changed.connect(self._follow)
@@ -67,6 +69,24 @@ class SessionDock(Container):
         if self._cells.value is None:
             self._pick_cells_of_image()
         self._follow()
+
+    def _on_active_layer(self, event=None) -> None:
+        """Work on the cells layer the user selects (or Segment cells makes, which napari
+        selects); selecting any other kind of layer changes nothing."""
+        layer = self._viewer.layers.selection.active
+        if not isinstance(layer, Labels) or layer is self._cells.value:
+            return
+        if layer not in self._cells.choices:
+            self._cells.reset_choices()
+        self._cells.value = layer
+        source = (
+            self._viewer.layers[layer.metadata[SOURCE_KEY]] if self._has_source(layer) else None
+        )
+        if self._image is not None and isinstance(source, Image):
+            self._image.value = source
+
+    def _has_source(self, layer: Labels) -> bool:
+        return layer.metadata.get(SOURCE_KEY) in self._viewer.layers
 
     def _pick_cells_of_image(self, *args) -> None:
         image = self.image_layer()
@@ -121,9 +141,22 @@ class SessionDock(Container):
                 "Choose a cells layer: segment the image first (Plugins > blastscope > Segment "
                 "cells) or open a labels image or a QuPath GeoJSON of the cells."
             )
+        hidden = [layer.name for layer in (image, cells) if not layer.visible]
+        if hidden and not self.confirm_hidden(hidden):
+            raise ValueError(f"Not run: {' and '.join(hidden)} hidden (you chose not to run).")
         for notice in conversion_notices(image):
             show_warning(notice)
         return image, cells
+
+    def confirm_hidden(self, names: list[str]) -> bool:
+        """Ask whether to run on layers the user cannot see (a hidden image or cells layer)."""
+        answer = QMessageBox.question(
+            self.native,
+            "Run on a hidden layer?",
+            f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} hidden. Run on "
+            f"{'it' if len(names) == 1 else 'them'} anyway?",
+        )
+        return answer == QMessageBox.StandardButton.Yes
 
     def current_steps(self, image: Image, cells: Labels) -> tuple[np.ndarray, Steps[SlideResult]]:
         """(pixels, steps) whose result is the cells layer's result, up to date: the exact

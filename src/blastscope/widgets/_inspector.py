@@ -42,6 +42,9 @@ def describe_cell(row, classes: tuple[str, ...]) -> str:
         for name in classes
         if f"p_{name}" in row and math.isfinite(row[f"p_{name}"])
     ]
+    if probabilities and not bool(row.get("is_blast", False)):
+        lines.append("not a blast at this threshold: no mutation call")
+        probabilities = []
     if probabilities:
         lines.append(" · ".join(f"{name} {value:.2f}" for name, value in probabilities))
     return "\n".join(lines)

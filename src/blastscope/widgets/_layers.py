@@ -50,9 +50,17 @@ def layer_features(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def image_pixel_size_um(image_layer: Image) -> float | None:
-    """The layer's pixel size in µm: from blastscope's metadata, else None."""
+    """The layer's pixel size in µm: from blastscope's metadata, else from the layer's scale
+    when its units are lengths (as readers of OME-TIFF and other microscopy files set them),
+    else None."""
     value = image_layer.metadata.get("pixel_size_um")
-    return float(value) if value else None
+    if value:
+        return float(value)
+    unit = image_layer.units[-1]
+    if str(unit) == "pixel" or not unit.is_compatible_with("micrometer"):
+        return None
+    size = float((image_layer.scale[-1] * unit).to("micrometer").magnitude)
+    return size if size > 0 else None
 
 
 def image_rgb(image_layer: Image) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from magicgui.widgets import ProgressBar, PushButton
@@ -30,8 +30,15 @@ class StageRunner:
 
     started = Signal(object)
 
-    def __init__(self, run_button: PushButton, cancel_button: PushButton, bar: ProgressBar):
-        self._run_button = run_button
+    def __init__(
+        self,
+        run_button: PushButton,
+        cancel_button: PushButton,
+        bar: ProgressBar,
+        *,
+        also_disable: Sequence[PushButton] = (),
+    ):
+        self._run_buttons = (run_button, *also_disable)
         self._cancel_button = cancel_button
         self._bar = bar
         self._bar.visible = False
@@ -51,10 +58,12 @@ class StageRunner:
         steps: Steps[Any],
         on_result: Callable[[Any], None],
         description: str,
-    ) -> GeneratorWorker:
-        """Start ``steps`` in a worker; ``on_result`` gets its result on the main thread."""
+    ) -> GeneratorWorker | None:
+        """Start ``steps`` in a worker; ``on_result`` gets its result on the main thread. While
+        another run is going, says so and starts nothing (returns None)."""
         if self.worker is not None:
-            raise RuntimeError("A run is already in progress; cancel it first.")
+            show_error(f"{self._bar.label} is still running: wait for it, or Cancel it first.")
+            return None
         worker = create_worker(_drive, steps, _start_thread=False, _ignore_errors=True)
         self._activity = progress(total=0, desc=description)
         worker.yielded.connect(self._on_progress)
@@ -63,7 +72,8 @@ class StageRunner:
         worker.aborted.connect(lambda: steps.close())
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self._run_button.enabled = False
+        for button in self._run_buttons:
+            button.enabled = False
         self._cancel_button.enabled = True
         self._bar.visible = True
         self._bar.min, self._bar.max, self._bar.value = 0, 0, 0
@@ -109,6 +119,7 @@ class StageRunner:
             self._activity = None
         if self._closed:
             return
-        self._run_button.enabled = True
+        for button in self._run_buttons:
+            button.enabled = True
         self._cancel_button.enabled = False
         self._bar.visible = False

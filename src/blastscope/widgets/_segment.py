@@ -61,6 +61,8 @@ class SegmentWidget(Container):
             value=0.0,
             tooltip="µm per pixel; 0 = from the image's metadata, else the model's default.",
         )
+        self._pixel_source = Label(value="")
+        self._pixel_size.changed.connect(self._show_pixel_size)
         self._estimate = CheckBox(
             text="estimate diameter from the image",
             value=True,
@@ -103,6 +105,7 @@ class SegmentWidget(Container):
                 self._model,
                 self._model_file,
                 self._pixel_size,
+                self._pixel_source,
                 self._estimate,
                 self._diameter,
                 self._flow_threshold,
@@ -116,7 +119,9 @@ class SegmentWidget(Container):
                 self._status,
             ]
         )
-        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.runner = StageRunner(
+            self.run_button, self.cancel_button, self._bar, also_disable=[self._recompute_button]
+        )
         self._estimate.changed.connect(self._estimate_changed)
         self.settings = PersistentValues(
             "segment",
@@ -136,6 +141,30 @@ class SegmentWidget(Container):
         self._recompute_button.changed.connect(self.recompute)
         self._viewer.layers.events.inserted.connect(self._image.reset_choices)
         self._viewer.layers.events.removed.connect(self._image.reset_choices)
+        self._viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._image.changed.connect(self._show_pixel_size)
+        self._show_pixel_size()
+
+    def _on_active_layer(self, event=None) -> None:
+        """Segment the image the user selects (selecting another kind of layer changes
+        nothing)."""
+        layer = self._viewer.layers.selection.active
+        if isinstance(layer, Image) and layer is not self._image.value:
+            self._image.reset_choices()
+            self._image.value = layer
+
+    def _show_pixel_size(self, *args) -> None:
+        """The pixel size a run will use and where it comes from, kept visible."""
+        image_layer = self._image.value
+        given = self._pixel_size.value
+        from_layer = image_pixel_size_um(image_layer) if isinstance(image_layer, Image) else None
+        if given:
+            text = f"pixel size {given:g} µm (given here)"
+        elif from_layer:
+            text = f"pixel size {from_layer:g} µm (from the image)"
+        else:
+            text = "pixel size unknown: estimated from the cell size (set it above if known)"
+        self._pixel_source.value = text
 
     def params(self) -> SegmentationParams:
         """The segmentation parameters set in the widget."""
@@ -191,7 +220,10 @@ class SegmentWidget(Container):
         show_result(self._viewer, image_layer, result)
         for notice in result.notices:
             show_info(notice)
+        source = result.provenance.get("segmentation", {}).get("model", {})
+        source = source.get("pixel_size_source", "given")
         self._status.value = (
             f"{result.n_cells} cells, {result.n_nucleated} nucleated, "
-            f"{result.pixel_size_um:g} µm/px"
+            f"{result.pixel_size_um:g} µm/px ({source})"
         )
+        self._pixel_source.value = f"pixel size {result.pixel_size_um:g} µm ({source})"

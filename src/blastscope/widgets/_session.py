@@ -1,14 +1,14 @@
-"""The live state of one cells layer: its result, blast threshold, users' overrides, slide-call
-settings, selected cell and colours, shared by every blastscope dock.
+"""The live state of one cells layer as napari shows it: a view of the headless review model
+(:class:`~blastscope.review.Review`: threshold, overrides and their audit, calls, counts, the
+slide-call preview) plus the selected cell and the colour layers, shared by every blastscope dock.
 
-A change of the threshold, an override or the pooling settings is shown at once from numpy
-arrays kept per result (``is_blast`` and ``blast_call`` written into the layer's ``features``,
+A change of the threshold, an override or the pooling settings is shown at once from the
+review's per-cell arrays (``is_blast`` and ``blast_call`` written into the layer's ``features``,
 the counts, the slide call's class and pooled probabilities, the veil's contrast limits), with
-no inference and at a cost that does not depend on the number of cells beyond a few vector
-operations. The exact result (the core's :func:`~blastscope.pipeline.rethreshold`, whose
-bootstrap interval costs more) follows off the UI thread a moment later and replaces the
-layer's ``features`` and the :class:`~blastscope.result.SlideResult` kept in its metadata; until
-then :attr:`CellsSession.exact` is False and the panels show the interval as pending.
+no inference. The exact result (:meth:`Review.exact`, whose bootstrap interval costs more)
+follows off the UI thread a moment later and replaces the layer's ``features`` and the
+:class:`~blastscope.result.SlideResult` kept in its metadata; until then
+:attr:`CellsSession.exact` is False and the panels show the interval as pending.
 
 The session lives in the layer's metadata (under :data:`SESSION_KEY`), so that every dock,
 whatever viewer proxy it holds, finds the same one with :func:`session_for`.
@@ -16,11 +16,8 @@ whatever viewer proxy it holds, finds the same one with :func:`session_for`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import napari
 import numpy as np
-import pandas as pd
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error
@@ -28,10 +25,12 @@ from psygnal import Signal
 from qtpy.QtCore import QTimer
 from scipy import ndimage as ndi
 
+from blastscope.calls import override_column
 from blastscope.models.classifier import Classifier
-from blastscope.pipeline import SlideCallSettings, rethreshold
+from blastscope.pipeline import SlideCallSettings
 from blastscope.result import SlideResult
-from blastscope.slide_call import SlideCall, call_slide
+from blastscope.review import Review
+from blastscope.slide_call import SlideCall
 from blastscope.widgets._colours import (
     class_colormap,
     p_blast_colormap,
@@ -56,81 +55,9 @@ DEMO_NOTICE = "blastscope: demonstration model, not for diagnosis"
 COLOUR_BY = ("p_blast", "mutation class")
 OVERRIDE_KEYS = {"Shift-B": True, "Shift-N": False, "Shift-C": None}
 UNDO_KEY = "Shift-U"
+NEXT_KEY = "Shift-Space"
 CELL_OPACITY = 0.6
 MARKER_RGBA = (1.0, 0.2, 0.2, 1.0)
-
-
-@dataclass
-class CellArrays:
-    """Per-cell arrays (rows of the cells table, in order) for the fast preview."""
-
-    labels: np.ndarray
-    p_blast: np.ndarray | None
-    override: np.ndarray
-    nucleated: np.ndarray
-    probabilities: np.ndarray | None
-    classes: tuple[str, ...]
-
-    @classmethod
-    def of(cls, result: SlideResult) -> CellArrays:
-        cells = result.cells
-        p_blast = cells["p_blast"].to_numpy(np.float64) if "p_blast" in cells else None
-        override = np.full(len(cells), -1, np.int8)
-        if "blast_override" in cells:
-            values = cells["blast_override"].astype("boolean")
-            override[values.fillna(False).to_numpy(bool)] = 1
-            override[(~values).fillna(False).to_numpy(bool)] = 0
-        classes = tuple(result.slide_call.classes) if result.slide_call is not None else ()
-        columns = [f"p_{name}" for name in classes]
-        probabilities = (
-            cells[columns].to_numpy(np.float64)
-            if classes and all(c in cells for c in columns)
-            else None
-        )
-        return cls(
-            labels=cells["label"].to_numpy(np.int64),
-            p_blast=p_blast,
-            override=override,
-            nucleated=cells["is_nucleated"].to_numpy(bool),
-            probabilities=probabilities,
-            classes=classes,
-        )
-
-    def blast_calls(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """(``blast_call``, ``is_blast``) at ``threshold``, as ``apply_blast_threshold`` makes
-        them: ``p_blast >= threshold`` (False for NaN), the override where set."""
-        call = np.zeros(len(self.labels), bool)
-        np.greater_equal(self.p_blast, threshold, out=call, where=np.isfinite(self.p_blast))
-        return call, np.where(self.override >= 0, self.override == 1, call)
-
-    def mutation_calls(self, is_blast: np.ndarray) -> np.ndarray:
-        """``mutation_call`` as ``refresh_mutation_calls`` makes it: the top class of each
-        blast with mutation probabilities, "" elsewhere."""
-        scored = np.isfinite(self.probabilities).all(axis=1)
-        top = np.where(scored[:, None], self.probabilities, -np.inf).argmax(axis=1)
-        names = np.asarray(self.classes, dtype=object)[top]
-        return np.where(is_blast & scored, names, "").astype(object)
-
-    def override_column(self) -> pd.arrays.BooleanArray:
-        """The ``blast_override`` column (<NA> where the user made no call)."""
-        values = pd.array(self.override == 1, dtype="boolean")
-        values[self.override < 0] = pd.NA
-        return values
-
-
-def exact_result(
-    result: SlideResult,
-    threshold: float,
-    override: np.ndarray,
-    settings: SlideCallSettings | None,
-) -> SlideResult:
-    """``result`` with the user's overrides (int8 per row: 1, 0, -1 none), the blast calls at
-    ``threshold`` and the slide call pooled again with ``settings``; no inference."""
-    cells = result.cells.copy()
-    values = pd.array(override == 1, dtype="boolean")
-    values[override < 0] = pd.NA
-    cells["blast_override"] = values
-    return rethreshold(replace(result, cells=cells), threshold, settings)
 
 
 def session_for(viewer: napari.viewer.Viewer, layer: Labels) -> CellsSession:
@@ -170,16 +97,13 @@ class CellsSession:
         self._viewer = viewer
         self.layer = layer
         self.layer_id = layer.unique_id
-        self.threshold: float | None = None
-        self.settings: SlideCallSettings | None = None
+        self.review: Review | None = None
         self.colour_by = COLOUR_BY[0]
         self.selected_label = 0
         self.exact = True
         self.preview_call: SlideCall | None = None
-        self.override_history: list[tuple[int, bool | None]] = []
         self.blast_classifier: Classifier | None = None
         self.mutation_classifier: Classifier | None = None
-        self._arrays: CellArrays | None = None
         self._bounding_boxes: list | None = None
         self._generation = 0
         self._worker: FunctionWorker | None = None
@@ -191,6 +115,7 @@ class CellsSession:
         for key, value in OVERRIDE_KEYS.items():
             layer.bind_key(key, self._key_override(value), overwrite=True)
         layer.bind_key(UNDO_KEY, lambda _layer: self.undo_override(), overwrite=True)
+        layer.bind_key(NEXT_KEY, lambda _layer: self.select_next_uncertain(), overwrite=True)
 
     # ----------------------------------------------------------------- state
     @property
@@ -200,11 +125,21 @@ class CellsSession:
 
     @property
     def classified(self) -> bool:
-        return self._arrays is not None and self._arrays.p_blast is not None
+        return self.review is not None and self.review.classified
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return self._arrays.classes if self._arrays is not None else ()
+        return self.review.classes if self.review is not None else ()
+
+    @property
+    def threshold(self) -> float | None:
+        """The blast threshold in use (None before classification)."""
+        return self.review.threshold if self.classified else None
+
+    @property
+    def settings(self) -> SlideCallSettings | None:
+        """How the slide call pools blasts (None before the mutation stage)."""
+        return self.review.settings if self.review is not None else None
 
     @property
     def slide_call(self) -> SlideCall | None:
@@ -223,42 +158,24 @@ class CellsSession:
 
     def counts(self) -> dict[str, int]:
         """Cells, nucleated cells and blasts (with the current threshold and overrides)."""
-        features = self.layer.features
-        blasts = int(features["is_blast"].sum()) if "is_blast" in features else 0
-        nucleated = int(features["is_nucleated"].sum()) if "is_nucleated" in features else 0
-        return {"cells": len(features), "nucleated": nucleated, "blasts": blasts}
-
-    def override_codes(self) -> np.ndarray:
-        """The users' calls per row (int8: 1 blast, 0 non-blast, -1 none), a copy."""
-        if self._arrays is None:
-            return np.empty(0, np.int8)
-        return self._arrays.override.copy()
+        if self.review is None:
+            return {"cells": 0, "nucleated": 0, "blasts": 0}
+        return self.review.counts()
 
     def row_of(self, label: int) -> int | None:
         """The row of the cells table (and of ``features``) of cell ``label``, else None."""
-        if self._arrays is None:
-            return None
-        rows = np.flatnonzero(self._arrays.labels == label)
-        return int(rows[0]) if len(rows) else None
+        return self.review.row_of(label) if self.review is not None else None
 
     # ----------------------------------------------------------------- new results
     def show(self, result: SlideResult) -> None:
         """Take ``result`` (just put on the layer by :func:`show_result`) as the exact state."""
         self._timer.stop()
         self._generation += 1
-        previous = self._arrays
-        self._arrays = CellArrays.of(result)
+        self.review = Review(result)
         self._bounding_boxes = None
-        if previous is None or not np.array_equal(previous.labels, self._arrays.labels):
-            self.override_history.clear()
         if self.row_of(self.selected_label) is None:
             self.selected_label = 0
-        blast = result.provenance.get("blast", {})
-        self.threshold = blast.get("threshold") if self.classified else None
-        if result.slide_call is not None:
-            call = result.slide_call
-            self.settings = SlideCallSettings(call.pooling, call.min_blasts, call.min_probability)
-        if self.colour_by != COLOUR_BY[0] and self._arrays.probabilities is None:
+        if self.colour_by != COLOUR_BY[0] and self.review.probabilities is None:
             self.colour_by = COLOUR_BY[0]
         self.exact = True
         self.preview_call = None
@@ -272,7 +189,7 @@ class CellsSession:
         """Blast calls, counts, colours and slide call at ``threshold``; no inference."""
         if not self.classified or threshold == self.threshold:
             return
-        self.threshold = float(threshold)
+        self.review.set_threshold(threshold)
         veil = self._overlay(self.veil_layer_name)
         if veil is not None:
             veil.contrast_limits = veil_limits(self.threshold)
@@ -280,66 +197,53 @@ class CellsSession:
 
     def set_settings(self, settings: SlideCallSettings) -> None:
         """Pool the slide call with other settings (pooling, minimum blasts); no inference."""
-        if settings == self.settings:
+        if self.review is None or settings == self.settings:
             return
-        self.settings = settings
+        self.review.set_settings(settings)
         if self.result is not None and self.result.slide_call is not None:
             self._preview()
 
     def set_override(self, label: int, value: bool | None) -> None:
         """Mark cell ``label`` a blast (True) or a non-blast (False), or clear the mark (None);
-        undoable with :meth:`undo_override`."""
-        row = self.row_of(label)
-        if row is None or not self.classified:
-            raise ValueError(
-                f"Cell {label} is not in the classified cells table; click a cell of the cells "
-                "layer after running Classify blasts."
-            )
-        before = int(self._arrays.override[row])
-        self.override_history.append((label, None if before < 0 else bool(before)))
-        self._apply_override(row, value)
+        audited and undoable with :meth:`undo_override`."""
+        if self.review is None:
+            raise ValueError("Run Classify blasts first: there are no calls to change.")
+        self.review.set_override(label, value)
+        self._override_shown(label)
 
     def undo_override(self) -> None:
         """Undo the last override (no-op when there is none)."""
-        if not self.override_history:
-            return
-        label, previous = self.override_history.pop()
+        undone = self.review.undo_override() if self.classified else None
+        if undone is not None:
+            self._override_shown(undone.label)
+
+    def select_next_uncertain(self) -> None:
+        """Inspect the next cell of the review queue (undecided, nearest the threshold)."""
+        label = self.review.next_uncertain(self.selected_label) if self.classified else None
+        if label is not None:
+            self.select(label)
+
+    def _override_shown(self, label: int) -> None:
+        self.layer.features["blast_override"] = override_column(self.review.override)
         row = self.row_of(label)
         if row is not None:
-            self._apply_override(row, previous)
-
-    def _apply_override(self, row: int, value: bool | None) -> None:
-        self._arrays.override[row] = -1 if value is None else int(value)
-        self.layer.features["blast_override"] = self._arrays.override_column()
-        self._update_veil_cell(row)
+            self._update_veil_cell(row)
         self._preview()
 
     def _preview(self) -> None:
-        arrays = self._arrays
-        call, is_blast = arrays.blast_calls(self.threshold)
+        review = self.review
+        blast_call, is_blast = review.calls()
         features = self.layer.features
-        features["blast_call"] = call
+        features["blast_call"] = blast_call
         features["is_blast"] = is_blast
-        if arrays.probabilities is not None and "mutation_call" in features:
-            features["mutation_call"] = arrays.mutation_calls(is_blast)
-        self.preview_call = None
+        mutation_calls = review.mutation_calls(is_blast)
+        if mutation_calls is not None and "mutation_call" in features:
+            features["mutation_call"] = mutation_calls
         result = self.result
         pooled = result is not None and result.slide_call is not None
-        if pooled and arrays.probabilities is not None:
-            settings = self.settings
-            rows = arrays.nucleated | is_blast  # the only rows the call counts or pools
-            table = {"is_nucleated": arrays.nucleated[rows], "is_blast": is_blast[rows]}
-            for index, name in enumerate(arrays.classes):
-                table[f"p_{name}"] = arrays.probabilities[rows, index]
-            table = pd.DataFrame(table)
-            self.preview_call = call_slide(
-                table,
-                arrays.classes,
-                pooling=settings.pooling,
-                min_blasts=settings.min_blasts,
-                min_probability=settings.min_probability,
-                n_bootstrap=1,
-            )
+        self.preview_call = review.preview_call() if pooled else None
+        if self.colour_by == COLOUR_BY[1]:
+            self._update_colour_layers()
         self.exact = False
         self._generation += 1
         self._timer.start()
@@ -355,20 +259,14 @@ class CellsSession:
         return self.result
 
     def _compute_exact(self) -> SlideResult:
-        return exact_result(self.result, self.threshold, self.override_codes(), self.settings)
+        return self.review.exact()
 
     def _start_exact(self) -> None:
         if self._worker is not None or self.exact:
             return
         generation = self._generation
         worker = create_worker(
-            exact_result,
-            self.result,
-            self.threshold,
-            self.override_codes(),
-            self.settings,
-            _start_thread=False,
-            _ignore_errors=True,
+            self.review.snapshot().exact, _start_thread=False, _ignore_errors=True
         )
         worker.returned.connect(lambda result: self._exact_done(result, generation))
         worker.errored.connect(lambda error: show_error(str(error)))
@@ -486,7 +384,7 @@ class CellsSession:
         """Colour cells by ``"p_blast"`` or by their top ``"mutation class"``."""
         if mode not in COLOUR_BY:
             raise ValueError(f"Colour cells by one of {', '.join(COLOUR_BY)}, not {mode!r}.")
-        if mode == COLOUR_BY[1] and (self._arrays is None or self._arrays.probabilities is None):
+        if mode == COLOUR_BY[1] and (self.review is None or self.review.probabilities is None):
             raise ValueError("Run Predict mutation first: no cell has mutation probabilities.")
         if mode != self.colour_by:
             self.colour_by = mode
@@ -499,10 +397,12 @@ class CellsSession:
                 if self._overlay(name) is not None:
                     self._viewer.layers.remove(name)
             return
-        arrays = self._arrays
+        arrays = self.review
         labels = self.result.labels
         if self.colour_by == COLOUR_BY[1]:
-            values = per_pixel(labels, arrays.labels, top_class_values(arrays.probabilities))
+            top_class = top_class_values(arrays.probabilities)
+            top_class[~arrays.calls()[1]] = np.nan  # only blasts carry a mutation call
+            values = per_pixel(labels, arrays.labels, top_class)
             colour = {
                 "colormap": class_colormap(arrays.classes),
                 "contrast_limits": (0.0, float(len(arrays.classes))),
@@ -548,13 +448,13 @@ class CellsSession:
 
     def _update_veil_cell(self, row: int) -> None:
         veil = self._overlay(self.veil_layer_name)
-        label = int(self._arrays.labels[row])
+        label = int(self.review.labels[row])
         box = self._cell_box(label)
         if veil is None or box is None:
             return
         labels = self.result.labels
         rows = slice(row, row + 1)
-        value = veil_values(self._arrays.p_blast[rows], self._arrays.override[rows])[0]
+        value = veil_values(self.review.p_blast[rows], self.review.override[rows])[0]
         veil.data[box][labels[box] == label] = value
         veil.refresh()
 

@@ -1,0 +1,136 @@
+"""The docks follow the user's image (Xvfb, real viewer): a second image's new cells layer, the
+layer the user selects, a hidden layer asks first; Segment shows the pixel size it will use and
+refuses a second run while one is going."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtWidgets import QMessageBox
+
+from blastscope.widgets._session import show_result
+from widget_cases import (
+    BLAST_BUNDLE,
+    PLUGIN,
+    add_smear,
+    add_smear_with_cells,
+    choose_bundle,
+    isolate_settings,
+    notifications,
+    smear,
+    smear_cells,
+    wait_for,
+)
+
+pytestmark = pytest.mark.gui
+
+CELL_DOCKS = (
+    "Classify blasts",
+    "Predict mutation",
+    "Cell inspector and overrides",
+    "Edit and re-classify",
+    "Export",
+)
+
+
+@pytest.fixture(autouse=True)
+def _settings(monkeypatch, tmp_path):
+    isolate_settings(monkeypatch, tmp_path)
+
+
+def test_every_dock_follows_the_new_image_and_the_cells_layer_the_user_selects(
+    make_napari_viewer_proxy,
+):
+    viewer = make_napari_viewer_proxy()
+    first_image, first = add_smear_with_cells(viewer)
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in CELL_DOCKS]
+    assert all(dock.cells_layer().name == first.layer.name for dock in docks)
+
+    second_image = add_smear(viewer, name="second smear")
+    second = show_result(viewer, second_image, smear_cells())  # what Segment cells leaves
+    assert second.layer.name != first.layer.name
+    for dock in docks:
+        assert dock.cells_layer().name == second.layer.name, dock
+        assert dock.image_layer().name == second_image.name, dock
+
+    viewer.layers.selection.active = first_image  # an image: the cells docks stay
+    assert all(dock.cells_layer().name == second.layer.name for dock in docks)
+    viewer.layers.selection.active = first.layer  # a cells layer: they all switch
+    for dock in docks:
+        assert dock.cells_layer().name == first.layer.name, dock
+        assert dock.image_layer().name == first_image.name, dock
+
+
+def test_classify_right_after_a_second_image_works_on_it_and_mutation_sees_it(
+    make_napari_viewer_proxy,
+):
+    viewer = make_napari_viewer_proxy()
+    add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
+    choose_bundle(classify, BLAST_BUNDLE)
+    image = add_smear(viewer, name="second smear")
+    second = show_result(viewer, image, smear_cells())
+    classify.run()
+    wait_for(classify)
+    assert second.classified
+    assert mutation.session is second
+    with notifications() as messages:
+        mutation.run()
+        wait_for(mutation)
+    assert not any("Classify blasts first" in message for message in messages)
+
+
+def test_running_on_a_hidden_layer_asks_first(make_napari_viewer_proxy, monkeypatch):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    choose_bundle(classify, BLAST_BUNDLE)
+    session.layer.visible = False
+    asked = []
+
+    def answer(reply):
+        def question(parent, title, text, *args, **kwargs):
+            asked.append(text)
+            return reply
+
+        return question
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.No))
+    with notifications() as messages:
+        classify.run()
+    assert not classify.runner.running
+    assert session.layer.name in asked[-1]
+    assert "hidden" in asked[-1]
+    assert any("Not run" in message for message in messages)
+
+    monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    classify.run()
+    wait_for(classify)
+    assert session.classified
+
+
+def test_segment_shows_the_pixel_size_in_use_and_refuses_a_second_run(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    image = add_smear(viewer)
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    size = smear().pixel_size_um
+    assert segment._pixel_source.value == f"pixel size {size:g} µm (from the image)"
+    segment._pixel_size.value = 0.3
+    assert segment._pixel_source.value == "pixel size 0.3 µm (given here)"
+    segment._pixel_size.value = 0.0
+    other = viewer.add_image(np.full((64, 64, 3), 230, np.uint8), rgb=True, name="no size")
+    assert segment._image.value.name == other.name  # the selected image is the one to segment
+    assert "unknown" in segment._pixel_source.value
+    viewer.layers.selection.active = image
+    assert segment._image.value.name == image.name
+
+    segment.run()
+    assert segment.runner.running
+    assert not segment._recompute_button.enabled
+    with notifications() as messages:
+        segment.run()  # a second run while the first goes: a message, no exception
+    assert any("still running" in message for message in messages)
+    segment.runner.cancel()
+    wait_for(segment)
+    assert segment._recompute_button.enabled
