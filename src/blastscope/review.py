@@ -274,15 +274,23 @@ def _recorded_audit(result: SlideResult) -> list[OverrideRecord]:
 
 
 # --------------------------------------------------------------------- files
-def save_review(review: Review, folder: str | Path, *, overwrite: bool = False) -> Path:
+def save_review(
+    review: Review,
+    folder: str | Path,
+    *,
+    overwrite: bool = False,
+    viewer: dict[str, Any] | None = None,
+) -> Path:
     """Write ``review`` to ``folder`` (``review.json``, ``labels.npz``, ``cells.csv`` and its
-    sidecar), all or nothing; returns the folder. Reopen it with :func:`load_review`."""
+    sidecar), all or nothing; returns the folder. ``viewer``: how a viewer showed the cells
+    (image name, scale, translate), kept for reopening. Reopen it with :func:`load_review`."""
     folder = Path(folder)
     exact = review.exact()
     record = {
         "format": REVIEW_FORMAT,
         "format_version": REVIEW_FORMAT_VERSION,
         "saved": utc_timestamp(),
+        "viewer": viewer or {},
         "pixel_size_um": exact.pixel_size_um,
         "threshold": review.threshold,
         "slide_call_settings": asdict(review.settings) if review.settings else None,
@@ -303,7 +311,7 @@ def save_review(review: Review, folder: str | Path, *, overwrite: bool = False) 
 
 def load_review(folder: str | Path) -> Review:
     """Reopen a review saved by :func:`save_review`: labels, cells, threshold, overrides, audit
-    and the slide call as they were saved."""
+    and the slide call as they were saved (the viewer record in :func:`review_viewer`)."""
     folder = Path(folder)
     path = folder / REVIEW_FILE
     if not path.is_file():
@@ -345,3 +353,14 @@ def load_review(folder: str | Path) -> Review:
         notices=list(record.get("notices", [])),
     )
     return Review(result, threshold=record.get("threshold"), settings=settings)
+
+
+def review_viewer(folder: str | Path) -> dict[str, Any]:
+    """How a viewer showed the saved review's cells (image name, scale, translate); {} when
+    not recorded."""
+    try:
+        record = json.loads((Path(folder) / REVIEW_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReviewError(f"The review in {folder} cannot be read ({error}).") from error
+    viewer = record.get("viewer")
+    return viewer if isinstance(viewer, dict) else {}

@@ -4,7 +4,9 @@ current threshold, written by :func:`blastscope.export.export_result`; shows the
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import napari
 import numpy as np
@@ -16,9 +18,12 @@ from blastscope.export import ALL_FORMATS, DEFAULT_FORMATS, export_paths, export
 from blastscope.io import to_rgb_uint8
 from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult
+from blastscope.review import Review, save_review
 from blastscope.widgets._base import SessionDock
+from blastscope.widgets._io import NAPARI_KEY, layer_placement
 from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._panels import bold_label
+from blastscope.widgets._review_io import REVIEW_SUFFIX
 from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._settings import PersistentValues
 
@@ -47,6 +52,7 @@ def export_steps(
     formats: list[str],
     overwrite: bool,
     include_non_nucleated: bool,
+    geojson_metadata: Mapping[str, Any] | None = None,
 ) -> Steps[list[Path]]:
     """:func:`export_result` as a one-step stage (so it runs in the dock's worker)."""
     yield Progress("export", 0, 1, f"writing {', '.join(formats)}")
@@ -59,9 +65,17 @@ def export_steps(
         formats=formats,
         overwrite=overwrite,
         include_non_nucleated=include_non_nucleated,
+        geojson_metadata=geojson_metadata,
     )
     yield Progress("export", 1, 1, f"{len(paths)} files")
     return paths
+
+
+def _save_review_steps(review: Review, target: Path, **options) -> Steps[Path]:
+    yield Progress("save review", 0, 1, target.name)
+    path = save_review(review, target, **options)
+    yield Progress("save review", 1, 1, target.name)
+    return path
 
 
 class ExportWidget(SessionDock):
@@ -80,6 +94,11 @@ class ExportWidget(SessionDock):
             text="red cells and platelets in the GeoJSON too", value=False
         )
         self.run_button = PushButton(text="Export")
+        self.save_review_button = PushButton(
+            text="Save review",
+            tooltip="Save the cells, threshold, overrides and their audit to <file name>.review "
+            "in the folder; reopen it with File > Open Folder.",
+        )
         self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
         boxes = Container(widgets=list(self.formats.values()), labels=False, label="formats")
@@ -91,6 +110,7 @@ class ExportWidget(SessionDock):
                 self.overwrite,
                 self.include_non_nucleated,
                 self.run_button,
+                self.save_review_button,
                 self.cancel_button,
                 self._bar,
             ]
@@ -98,8 +118,11 @@ class ExportWidget(SessionDock):
         self.written = bold_label("", 9)
         self.written.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.native.layout().addWidget(self.written)
-        self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
+        self.runner = StageRunner(
+            self.run_button, self.cancel_button, self._bar, also_disable=[self.save_review_button]
+        )
         self.run_button.changed.connect(self.run)
+        self.save_review_button.changed.connect(self.save_review)
         self.paths: list[Path] = []
         self.settings = PersistentValues(
             "export",
@@ -142,6 +165,7 @@ class ExportWidget(SessionDock):
                     "another folder or file name."
                 )
             result = session.flush()
+            layer = session.layer
         except ValueError as error:
             show_error(str(error))
             return
@@ -153,8 +177,38 @@ class ExportWidget(SessionDock):
             formats=formats,
             overwrite=self.overwrite.value,
             include_non_nucleated=self.include_non_nucleated.value,
+            # where the cells layer lies in the viewer, so the GeoJSON reopens over the image
+            geojson_metadata={NAPARI_KEY: layer_placement(layer.scale, layer.translate)},
         )
         self.runner.start(steps, self._done, description=f"Exporting {image.name}")
+
+    def save_review(self) -> None:
+        """Save the review of the chosen cells layer to ``<folder>/<file name>.review``."""
+        try:
+            session = self.require_session()
+            if not self.folder.value or str(self.folder.value) in ("", "."):
+                raise ValueError("Choose the folder to save the review in.")
+            image = self.image_layer()
+            stem = self.stem.value or file_stem(image.name if image is not None else "cells")
+            target = Path(self.folder.value) / f"{stem}{REVIEW_SUFFIX}"
+            if target.exists() and not self.overwrite.value:
+                raise ValueError(
+                    f"{target} already exists: tick 'replace existing files', or choose another "
+                    "folder or file name."
+                )
+            layer = session.layer
+            viewer = {
+                "image_name": image.name if image is not None else layer.name,
+                "scale": [float(value) for value in layer.scale],
+                "translate": [float(value) for value in layer.translate],
+            }
+        except ValueError as error:
+            show_error(str(error))
+            return
+        steps = _save_review_steps(
+            session.review.snapshot(), target, overwrite=self.overwrite.value, viewer=viewer
+        )
+        self.runner.start(steps, lambda path: self._done([path]), f"Saving the review {stem}")
 
     def _done(self, paths: list[Path]) -> None:
         self.paths = list(paths)

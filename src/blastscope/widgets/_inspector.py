@@ -10,16 +10,16 @@ import napari
 import numpy as np
 import pandas as pd
 from magicgui.widgets import Container, PushButton
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QLabel
 
 from blastscope.crops import extract_crops
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.widgets._base import SessionDock
-from blastscope.widgets._layers import image_rgb, viewer_camera
+from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
-from blastscope.widgets._session import OVERRIDE_KEYS, UNDO_KEY
+from blastscope.widgets._session import NEXT_KEY, OVERRIDE_KEYS, UNDO_KEY
 
 CROP_SIDE_PX = 192
 KEY_OF = {value: key for key, value in OVERRIDE_KEYS.items()}
@@ -63,7 +63,11 @@ class InspectorWidget(SessionDock):
             layout="horizontal", widgets=[self.mark_blast, self.mark_non_blast], labels=False
         )
         more = Container(layout="horizontal", widgets=[self.clear_mark, self.undo], labels=False)
-        self.extend([buttons, more])
+        self.next_uncertain = PushButton(
+            text=f"Next uncertain cell ({NEXT_KEY})",
+            tooltip="The next cell you have not called, nearest the blast threshold first.",
+        )
+        self.extend([buttons, more, self.next_uncertain])
         self.crop = QLabel()
         self.crop.setFixedSize(CROP_SIDE_PX, CROP_SIDE_PX)
         self.info = bold_label("Click a cell (pan/zoom mode) or a row of the table.", 9)
@@ -74,6 +78,7 @@ class InspectorWidget(SessionDock):
         self.mark_non_blast.changed.connect(lambda: self._override(False))
         self.clear_mark.changed.connect(lambda: self._override(None))
         self.undo.changed.connect(self._undo)
+        self.next_uncertain.changed.connect(self._next_uncertain)
         self._follow()
 
     def _override(self, value: bool | None) -> None:
@@ -90,15 +95,21 @@ class InspectorWidget(SessionDock):
         if self.session is not None:
             self.session.undo_override()
 
+    def _next_uncertain(self) -> None:
+        session = self.session
+        if session is None or not session.classified:
+            show_error("Classify blasts first: the queue orders cells by their blast probability.")
+            return
+        label = session.review.next_uncertain(session.selected_label)
+        if label is None:
+            show_info("No uncertain cell left: you have called every classified cell.")
+            return
+        session.go_to(label)
+
     def _row_selected(self, row: int) -> None:
         session = self.session
-        if session is None:
-            return
-        features = session.layer.features
-        label = int(features["index"].iloc[row])
-        centre = (features["centroid_y"].iloc[row], features["centroid_x"].iloc[row])
-        viewer_camera(self._viewer).center = tuple(session.layer.data_to_world(centre))
-        session.select(label)
+        if session is not None:
+            session.go_to(int(session.layer.features["index"].iloc[row]))
 
     def on_selected(self, label: int) -> None:
         session = self.session

@@ -45,6 +45,7 @@ from blastscope.widgets._layers import (
     SOURCE_KEY,
     layer_features,
     show_cells,
+    viewer_camera,
     viewer_text_overlay,
 )
 
@@ -60,12 +61,18 @@ CELL_OPACITY = 0.6
 MARKER_RGBA = (1.0, 0.2, 0.2, 1.0)
 
 
-def session_for(viewer: napari.viewer.Viewer, layer: Labels) -> CellsSession:
-    """The session of ``layer`` (made on first use)."""
+def session_for(
+    viewer: napari.viewer.Viewer, layer: Labels, *, show_stored: bool = True
+) -> CellsSession:
+    """The session of ``layer`` (made on first use, showing the result the layer holds, e.g.
+    a reopened review, unless ``show_stored`` is False)."""
     session = layer.metadata.get(SESSION_KEY)
     if not isinstance(session, CellsSession) or session.layer_id != layer.unique_id:
         session = CellsSession(viewer, layer)
         layer.metadata[SESSION_KEY] = session
+        stored = layer.metadata.get(RESULT_KEY)
+        if show_stored and isinstance(stored, SlideResult):
+            session.show(stored)
     return session
 
 
@@ -81,7 +88,7 @@ def show_result(
     the image; added or updated in place, see :func:`show_cells`) and its colours on the colour
     and veil layers; returns the layer's session."""
     layer = show_cells(viewer, image_layer, result, layer, update_data=update_data)
-    session = session_for(viewer, layer)
+    session = session_for(viewer, layer, show_stored=False)
     session.show(result)
     return session
 
@@ -221,7 +228,7 @@ class CellsSession:
         """Inspect the next cell of the review queue (undecided, nearest the threshold)."""
         label = self.review.next_uncertain(self.selected_label) if self.classified else None
         if label is not None:
-            self.select(label)
+            self.go_to(label)
 
     def _override_shown(self, label: int) -> None:
         self.layer.features["blast_override"] = override_column(self.review.override)
@@ -292,6 +299,16 @@ class CellsSession:
         self.changed.emit()
 
     # ----------------------------------------------------------------- selection
+    def go_to(self, label: int) -> None:
+        """Centre the view on cell ``label`` and inspect it."""
+        row = self.row_of(label)
+        if row is None:
+            return
+        features = self.layer.features
+        centre = (features["centroid_y"].iloc[row], features["centroid_x"].iloc[row])
+        viewer_camera(self._viewer).center = tuple(self.layer.data_to_world(centre))
+        self.select(label)
+
     def select(self, label: int) -> None:
         """Make cell ``label`` the inspected one (0: none) and ring it on the canvas."""
         self.selected_label = int(label)
