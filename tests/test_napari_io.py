@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blastscope.export import read_cells_table, read_geojson
+from blastscope.export import export_paths, read_cells_table, read_geojson, write_geojson
 from blastscope.widgets._io import get_geojson_reader
 from blastscope.widgets._layers import show_cells
 from export_cases import classified_result
+from widget_cases import add_smear_with_cells, isolate_settings, notifications, wait_for
 
 PLUGIN = "napari-blastscope"
 
@@ -96,3 +97,71 @@ def test_the_reader_claims_only_geojson_files():
     assert get_geojson_reader(["a.geojson", "b.GEOJSON"]) is not None
     assert get_geojson_reader("field.tif") is None
     assert get_geojson_reader(["a.geojson", "b.csv"]) is None
+
+
+def test_a_geojson_from_the_export_dock_reopens_over_its_image(
+    make_napari_viewer_proxy, monkeypatch, tmp_path
+):
+    isolate_settings(monkeypatch, tmp_path)
+    viewer = make_napari_viewer_proxy()
+    image, session = add_smear_with_cells(viewer, translate=(6.0, -4.0))
+    assert tuple(image.scale) != (1.0, 1.0)  # µm per pixel, as the sample data opens
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
+    dock.folder.value = str(tmp_path / "out")
+    for name, box in dock.formats.items():
+        box.value = name == "geojson"
+    dock.include_non_nucleated.value = True  # every cell, so the layers compare pixel for pixel
+    dock.run_button.native.click()
+    wait_for(dock)
+
+    (opened,) = viewer.open(str(export_paths(tmp_path / "out", "smear")["geojson"]), plugin=PLUGIN)
+    assert np.array_equal(opened.data, session.layer.data)
+    assert tuple(opened.scale) == tuple(image.scale)
+    assert tuple(opened.translate) == tuple(image.translate)
+    assert np.array_equal(opened.extent.world, image.extent.world[:, :2])
+    corner = opened.data_to_world((10, 20))
+    assert np.allclose(image.world_to_data(corner)[:2], (10, 20))
+
+
+def test_a_file_without_a_placement_opens_in_image_pixels_and_names_its_pixel_size(
+    make_napari_viewer_proxy, tmp_path
+):
+    labels = np.zeros((30, 40), dtype=np.int32)
+    labels[5:15, 10:30] = 2
+    target = write_geojson(
+        tmp_path / "cli.geojson", labels, pd.DataFrame({"label": [2]}), pixel_size_um=0.25
+    )
+    viewer = make_napari_viewer_proxy()
+    with notifications() as messages:
+        (opened,) = viewer.open(str(target), plugin=PLUGIN)
+    assert tuple(opened.scale) == (1.0, 1.0)
+    assert np.array_equal(opened.data, labels)
+    assert any("0.25 µm per pixel" in message for message in messages), messages
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"type": "FeatureCollection", "features": []}', "holds no features"),
+        (
+            '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},'
+            ' "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [NaN, 1], [2, 2]]]}}]}',
+            "not finite",
+        ),
+        (
+            '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {},'
+            ' "geometry": {"type": "LineString", "coordinates": [[0, 0], [5, 5]]}}]}',
+            "no area",
+        ),
+    ],
+)
+def test_a_file_that_cannot_be_read_opens_nothing_and_says_why(
+    make_napari_viewer_proxy, tmp_path, content, problem
+):
+    target = tmp_path / "bad.geojson"
+    target.write_text(content)
+    viewer = make_napari_viewer_proxy()
+    with notifications() as messages:
+        assert viewer.open(str(target), plugin=PLUGIN) == []
+    assert not viewer.layers
+    assert any("bad.geojson" in message and problem in message for message in messages), messages

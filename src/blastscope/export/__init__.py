@@ -11,7 +11,7 @@ failure leaves no half-written export; an existing file is replaced only with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from blastscope.export._atomic import AtomicFiles, ExportError, dumps_json, ensure_folder
 from blastscope.export.geojson import (
+    GeoJSONError,
     geojson_collection,
     read_geojson,
     slide_call_dict,
@@ -41,6 +42,7 @@ __all__ = [
     "ALL_FORMATS",
     "DEFAULT_FORMATS",
     "ExportError",
+    "GeoJSONError",
     "export_paths",
     "export_result",
     "overlay_rgb",
@@ -142,6 +144,7 @@ def export_result(
     overwrite: bool = False,
     include_non_nucleated: bool = False,
     threshold: float | None = None,
+    geojson_metadata: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Write the requested exports of one result into ``out_dir``; returns the paths written.
 
@@ -149,7 +152,9 @@ def export_result(
     names the files (see :func:`export_paths`); ``formats`` any of :data:`ALL_FORMATS`; a
     ``<stem>_run.json`` provenance record is always written. ``include_non_nucleated`` puts red
     cells and platelets into the GeoJSON too; ``threshold`` is the blast threshold drawn in the
-    report (default: from the provenance). All files appear together or none does.
+    report (default: from the provenance); ``geojson_metadata`` (JSON-ready) goes into the
+    GeoJSON's ``blastscope`` member (the napari Export dock records the cells layer's scale and
+    translate there). All files appear together or none does.
     """
     if not isinstance(result, SlideResult):
         raise ExportError(f"result must be a SlideResult, got {type(result).__name__}.")
@@ -177,6 +182,7 @@ def export_result(
                 slide_call=result.slide_call,
                 include_non_nucleated=include_non_nucleated,
                 provenance=provenance,
+                metadata=geojson_metadata,
             )
             write_collection(files, paths["geojson"], collection)
         for table_format in ("csv", "parquet"):
