@@ -18,6 +18,7 @@ from blastscope.predict import (
 )
 from blastscope.progress import run_steps
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
+from forward_counter import ForwardCounter
 
 FIELD = "BloodImage_00000"
 
@@ -60,6 +61,7 @@ def _classify(field, classifier, **options):
 
 def test_blast_classification_fills_the_table_for_nucleated_cells(field, blast_path):
     classifier = load_classifier(blast_path, "blast")
+    classifier_count = ForwardCounter(classifier)
     table, events = _classify(field, classifier, device="cpu", batch_size=2)
     nucleated = field[2]["is_nucleated"].to_numpy()
     n_nucleated = int(nucleated.sum())
@@ -75,8 +77,8 @@ def test_blast_classification_fills_the_table_for_nucleated_cells(field, blast_p
     assert [(e.stage, e.done, e.total) for e in events] == [
         ("classify", done, n_batches) for done in range(1, n_batches + 1)
     ]
-    assert classifier.forward_calls == n_batches
-    assert classifier.cells_processed == n_nucleated
+    assert classifier_count.calls == n_batches
+    assert classifier_count.cells == n_nucleated
     assert "p_blast" not in field[2].columns  # the input table is not modified
 
 
@@ -92,12 +94,13 @@ def test_blast_probabilities_do_not_depend_on_batch_size(field, blast_path):
 
 def test_threshold_change_recomputes_calls_without_inference(field, blast_path):
     classifier = load_classifier(blast_path, "blast")
+    classifier_count = ForwardCounter(classifier)
     table, _ = _classify(field, classifier, device="cpu")
-    calls = classifier.forward_calls
+    calls = classifier_count.calls
     p_blast = table["p_blast"].dropna().sort_values().to_numpy()
     middle = float(p_blast[len(p_blast) // 2])
     rethresholded = apply_blast_threshold(table, middle)
-    assert classifier.forward_calls == calls
+    assert classifier_count.calls == calls
     nucleated = table["is_nucleated"].to_numpy()
     np.testing.assert_array_equal(
         rethresholded.loc[nucleated, "blast_call"], table.loc[nucleated, "p_blast"] >= middle
@@ -128,6 +131,7 @@ def test_user_overrides_survive_reclassification(field, blast_path):
 
 def test_closing_the_generator_stops_within_one_batch(field, blast_path):
     classifier = load_classifier(blast_path, "blast")
+    classifier_count = ForwardCounter(classifier)
     image, labels, cells = field
     steps = classify_blasts_steps(
         image, labels, cells, BCCD_PIXEL_SIZE_UM, classifier, device="cpu", batch_size=1
@@ -135,11 +139,12 @@ def test_closing_the_generator_stops_within_one_batch(field, blast_path):
     first = next(steps)
     assert (first.done, first.total) == (1, int(cells["is_nucleated"].sum()))
     steps.close()
-    assert classifier.forward_calls == 1
+    assert classifier_count.calls == 1
 
 
 def test_empty_table_and_single_border_cell_give_sensible_results(field, blast_path):
     classifier = load_classifier(blast_path, "blast")
+    classifier_count = ForwardCounter(classifier)
     image, labels, cells = field
     events = []
     empty = run_steps(
@@ -149,7 +154,7 @@ def test_empty_table_and_single_border_cell_give_sensible_results(field, blast_p
     assert len(empty) == 0
     assert {"p_blast", "blast_call", "blast_override", "is_blast"} <= set(empty.columns)
     assert [(e.done, e.total) for e in events] == [(0, 0)]
-    assert classifier.forward_calls == 0
+    assert classifier_count.calls == 0
     corner = cells.iloc[:1].copy()
     corner[["centroid_y", "centroid_x"]] = 0.0
     corner["is_nucleated"] = True
@@ -204,6 +209,7 @@ def test_mutation_prediction_covers_blasts_only(field, blast_path, mutation_path
     image, labels, cells = field
     blast = load_classifier(blast_path, "blast")
     mutation = load_classifier(mutation_path, "mutation")
+    mutation_count = ForwardCounter(mutation)
     classified = run_steps(
         classify_blasts_steps(image, labels, cells, BCCD_PIXEL_SIZE_UM, blast, device="cpu")
     )
@@ -225,7 +231,7 @@ def test_mutation_prediction_covers_blasts_only(field, blast_path, mutation_path
     np.testing.assert_array_equal(table.loc[blasts, "mutation_call"], top)
     assert (table.loc[~blasts, "mutation_call"] == "").all()
     assert {e.stage for e in events} == {"mutation"}
-    assert mutation.cells_processed == blasts.sum()
+    assert mutation_count.cells == blasts.sum()
 
 
 def test_scoring_nucleated_cells_lets_a_lower_threshold_call_new_blasts_without_inference(
@@ -234,6 +240,7 @@ def test_scoring_nucleated_cells_lets_a_lower_threshold_call_new_blasts_without_
     image, labels, cells = field
     blast = load_classifier(blast_path, "blast")
     mutation = load_classifier(mutation_path, "mutation")
+    mutation_count = ForwardCounter(mutation)
     classified = run_steps(
         classify_blasts_steps(image, labels, cells, BCCD_PIXEL_SIZE_UM, blast, device="cpu")
     )
@@ -244,12 +251,12 @@ def test_scoring_nucleated_cells_lets_a_lower_threshold_call_new_blasts_without_
         )
     )
     nucleated = table["is_nucleated"].to_numpy()
-    assert mutation.cells_processed == nucleated.sum()
+    assert mutation_count.cells == nucleated.sum()
     assert table.loc[nucleated, "p_NPM1"].notna().all()
     assert (table.loc[~table["is_blast"], "mutation_call"] == "").all()
-    calls_before = mutation.forward_calls
+    calls_before = mutation_count.calls
     relaxed = refresh_mutation_calls(apply_blast_threshold(table, 0.0), mutation.classes)
-    assert mutation.forward_calls == calls_before
+    assert mutation_count.calls == calls_before
     assert (relaxed.loc[nucleated, "mutation_call"] != "").all()
     with pytest.raises(PredictionError, match="score must be one of blasts, nucleated"):
         run_steps(

@@ -15,6 +15,7 @@ from blastscope.progress import run_steps
 from blastscope.widgets._base import DEMO_TEXT
 from blastscope.widgets._colours import VEIL_RGBA
 from blastscope.widgets._session import DEMO_NOTICE
+from forward_counter import ForwardCounter
 from widget_cases import (
     BLAST_BUNDLE,
     MUTATION_BUNDLE,
@@ -60,6 +61,7 @@ def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy)
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
+    counter = ForwardCounter(widget.bundles.load())
     widget.run()
     wait_for(widget)
 
@@ -93,18 +95,18 @@ def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy)
     widget.run()
     wait_for(widget)
     assert [layer.name for layer in viewer.layers] == names
-    assert widget.classifier.forward_calls == 2
+    assert counter.calls == 2
 
 
 def test_threshold_slider_recolours_and_recounts_without_the_network(make_napari_viewer_proxy):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
+    counter = ForwardCounter(widget.bundles.load())
     widget.run()
     wait_for(widget)
     classified = session.result
-    classifier = widget.classifier
-    calls, cells = classifier.forward_calls, classifier.cells_processed
+    counted = counter.counts
     p_blast = session.layer.features["p_blast"].to_numpy()
     start = session.threshold
     threshold = split_threshold(p_blast, start)
@@ -129,7 +131,7 @@ def test_threshold_slider_recolours_and_recounts_without_the_network(make_napari
     expected = rethreshold(classified, threshold)
     pd.testing.assert_frame_equal(session.result.cells, expected.cells, check_exact=True)
     assert session.result.provenance["blast"]["threshold"] == threshold
-    assert (classifier.forward_calls, classifier.cells_processed) == (calls, cells)
+    assert counter.counts == counted
 
 
 def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
@@ -137,6 +139,7 @@ def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
     widget._batch_size.value = 2
+    counter = ForwardCounter(widget.bundles.load())
     features = session.layer.features.copy()
     names = [layer.name for layer in viewer.layers]
     probe = cancel_at_first_progress(widget, "classify")
@@ -145,7 +148,7 @@ def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
     assert probe.clicked.is_set()
     assert probe.aborted.is_set()
     total = int(np.ceil(features["is_nucleated"].sum() / 2))
-    assert widget.bundles.load().forward_calls == 1 < total  # stopped after the first batch
+    assert counter.calls == 1 < total  # stopped after the first batch
     pd.testing.assert_frame_equal(session.layer.features, features)
     assert [layer.name for layer in viewer.layers] == names
     assert not session.classified

@@ -10,6 +10,7 @@ from blastscope.models.classifier import load_classifier
 from blastscope.pipeline import SlideCallSettings, mutation_stage, recall_slide, rethreshold
 from blastscope.progress import run_steps
 from blastscope.widgets._session import COLOUR_BY
+from forward_counter import ForwardCounter
 from widget_cases import (
     BLAST_BUNDLE,
     MUTATION_BUNDLE,
@@ -102,9 +103,7 @@ def test_settings_and_threshold_repool_the_call_without_inference(make_napari_vi
     widget.min_blasts.value = 5
     widget.run()
     wait_for(widget)
-    counted = [
-        (c.forward_calls, c.cells_processed) for c in (classify.classifier, widget.classifier)
-    ]
+    counters = [ForwardCounter(c) for c in (classify.classifier, widget.classifier)]
     before = session.result
 
     blasts = before.slide_call.n_blasts
@@ -131,8 +130,7 @@ def test_settings_and_threshold_repool_the_call_without_inference(make_napari_vi
     assert (
         session.result.cells["mutation_call"].tolist() == expected.cells["mutation_call"].tolist()
     )
-    now = [(c.forward_calls, c.cells_processed) for c in (classify.classifier, widget.classifier)]
-    assert now == counted
+    assert [counter.counts for counter in counters] == [(0, 0), (0, 0)]  # no inference
 
 
 def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
@@ -150,13 +148,14 @@ def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
     wait_for(classify)
     features = unclassified.layer.features.copy()
     widget._batch_size.value = 2
+    counter = ForwardCounter(widget.bundles.load())
     probe = cancel_at_first_progress(widget, "mutation")
     widget.run()
     wait_for(widget)
     assert probe.clicked.is_set()
     assert probe.aborted.is_set()
     total = int(np.ceil(features["is_nucleated"].sum() / 2))
-    assert widget.bundles.load().forward_calls == 1 < total  # stopped after the first batch
+    assert counter.calls == 1 < total  # stopped after the first batch
     assert unclassified.layer.features.equals(features)
     assert unclassified.result.slide_call is None
     assert widget.headline.text() == "No slide call yet"

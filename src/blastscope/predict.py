@@ -8,7 +8,7 @@ the cells table (columns in ``docs/architecture.md``). They are generators of
 one batch) that return the new table; drive them with :func:`blastscope.progress.run_steps`.
 
 :func:`apply_blast_threshold` recomputes the blast calls from the stored ``p_blast`` without the
-network (a threshold slider runs no inference; ``Classifier.forward_calls`` shows it).
+network (a threshold slider runs no inference).
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def _probabilities_steps(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}.")
     torch_device = resolve_device(device)
+    model = classifier.on(torch_device)
     n_cells = len(cells)
     if n_cells == 0:
         yield Progress(stage, 0, 0, "no cells to classify")
@@ -128,7 +129,7 @@ def _probabilities_steps(
     for batch in range(n_batches):
         rows = slice(batch * batch_size, (batch + 1) * batch_size)
         crops = cutter.cut(centres[rows], cell_labels[rows])
-        outputs.append(classifier.probabilities(crops))
+        outputs.append(model.probabilities(crops))
         yield Progress(stage, batch + 1, n_batches)
     return torch.cat(outputs).cpu().numpy().astype(np.float64)
 

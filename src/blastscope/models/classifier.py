@@ -41,9 +41,11 @@ real weights, untrained) for tests and for trying the pipeline before a model is
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +103,8 @@ class CropInput:
 
 @dataclass(eq=False)
 class Classifier:
-    """A loaded blast or mutation classifier: the network (eval mode) and its metadata.
-
-    ``forward_calls`` and ``cells_processed`` count the network's forward passes and the cells
-    they saw, so callers (and tests) can tell whether inference ran.
-    """
+    """A loaded classifier: the network (eval mode, on the device it was loaded to, which never
+    changes) and its metadata. :meth:`on` gives it on another device."""
 
     name: str
     kind: str
@@ -117,26 +116,31 @@ class Classifier:
     demo: bool
     metadata: dict[str, Any]
     path: Path | None = None
-    forward_calls: int = field(default=0)
-    cells_processed: int = field(default=0)
+    _replicas: dict[str, Classifier] = field(default_factory=dict, repr=False)
+    _replicas_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def device(self) -> torch.device:
         """The device the network's weights are on."""
         return next(self.network.parameters()).device
 
-    def to(self, device: torch.device) -> Classifier:
-        """Move the network to ``device`` (in place; channels-last weights on CUDA)."""
+    def on(self, device: str | torch.device) -> Classifier:
+        """This classifier on ``device``: itself when its weights are there, else a copy made
+        once and kept. The network is never moved, so runs on other devices (other workers)
+        cannot pull it from under a run in progress."""
         device = torch.device(device)
-        current = self.device
-        if current.type != device.type or (
-            device.index is not None and current.index != device.index
-        ):
-            if device.type == "cuda":
-                self.network.to(device, memory_format=torch.channels_last)
-            else:
-                self.network.to(device, memory_format=torch.contiguous_format)
-        return self
+        if _same_device(self.device, device):
+            return self
+        with self._replicas_lock:
+            key = str(device)
+            if key not in self._replicas:
+                network = copy.deepcopy(self.network)
+                layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+                network.to(device, memory_format=layout)
+                self._replicas[key] = replace(
+                    self, network=network, _replicas={}, _replicas_lock=threading.Lock()
+                )
+            return self._replicas[key]
 
     def normalise(self, crops: torch.Tensor) -> torch.Tensor:
         """Crops (N, 3, h, w) in [0, 1] -> the network's input ``(crops - mean) / std``."""
@@ -148,9 +152,11 @@ class Classifier:
         """Class probabilities (N, K) float32 for crops (N, 3, h, w) in [0, 1], on their device.
 
         Runs under ``torch.inference_mode``; on CUDA with autocast (bf16 where supported, else
-        fp16). Probabilities are ``softmax(logits / temperature)`` computed in float32.
+        fp16). Probabilities are ``softmax(logits / temperature)`` computed in float32. Crops on
+        another device than the classifier's run on :meth:`on` that device.
         """
-        self.to(crops.device)
+        if not _same_device(self.device, crops.device):
+            return self.on(crops.device).probabilities(crops)
         with torch.inference_mode():
             inputs = self.normalise(crops)
             if crops.device.type == "cuda":
@@ -161,9 +167,13 @@ class Classifier:
             else:
                 logits = self.network(inputs)
             probabilities = torch.softmax(logits.float() / self.temperature, dim=1)
-        self.forward_calls += 1
-        self.cells_processed += int(crops.shape[0])
         return probabilities
+
+
+def _same_device(current: torch.device, wanted: torch.device) -> bool:
+    return current.type == wanted.type and (
+        wanted.index is None or current.index is None or current.index == wanted.index
+    )
 
 
 def classifier_metadata(

@@ -120,7 +120,7 @@ class ClassifyWidget(SessionDock):
 
     @property
     def classifier(self) -> Classifier | None:
-        """The blast classifier of the last run (its ``forward_calls`` count inference)."""
+        """The blast classifier of the last run."""
         return self.session.blast_classifier if self.session is not None else None
 
     def run(self) -> None:

@@ -26,7 +26,7 @@ def shipped_choices(kind: str) -> list[str]:
 
 class BundlePicker:
     """A shipped-bundle combo box and a bundle-folder field (the folder wins when set); loads
-    the chosen bundle once and keeps it, so its ``forward_calls`` count every run."""
+    the chosen bundle once per weights hash and keeps it."""
 
     def __init__(self, kind: str):
         self.kind = kind
