@@ -31,6 +31,7 @@ from blastscope.export import (
 from blastscope.export._style import class_colour
 from blastscope.export.report import GALLERY_CELL_PX, GALLERY_CELLS, review_cells, review_gallery
 from blastscope.export.tables import sidecar_path
+from blastscope.palette import GREY, p_blast_rgb
 from export_cases import BLAST_THRESHOLD, INPUT_SHA256, classified_result
 
 
@@ -74,6 +75,33 @@ def test_table_sidecar_lists_the_columns_and_the_call(classified, tmp_path):
     assert content["slide_call"]["call"] == result.slide_call.call
     assert content["provenance"]["input_sha256"] == INPUT_SHA256
     assert content["n_rows"] == len(result.cells)
+
+
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_csv_tables_escape_text_a_spreadsheet_would_run_and_read_it_back(
+    classified, tmp_path, dtype
+):
+    result, _ = classified
+    cells = result.cells.copy()
+    texts = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "\tx", "'quoted", "NPM1"]
+    cells["mutation_call"] = pd.Series((texts * len(cells))[: len(cells)], dtype=dtype)
+    cells.loc[0, "centroid_x"] = -1.5
+    cells["=other_plugin"] = 1.0
+    (table, _) = write_cells_table(tmp_path / "cells.csv", cells, result.slide_call)
+    raw = pd.read_csv(table, dtype=str, keep_default_na=False)
+    assert raw.columns[-1] == "'=other_plugin"
+    assert raw["mutation_call"].tolist()[: len(texts)] == [
+        '\'=HYPERLINK("http://x")',
+        "'+1",
+        "'-2",
+        "'@SUM(A1)",
+        "'\tx",
+        "''quoted",
+        "NPM1",
+    ]
+    assert raw.loc[0, "centroid_x"] == "-1.5"
+    back, _ = read_cells_table(table)
+    pd.testing.assert_frame_equal(back, cells, check_exact=True)
 
 
 def test_tables_refuse_unknown_suffixes_and_unstorable_columns(classified, tmp_path):
@@ -122,9 +150,13 @@ def test_overlay_colours_cells_by_blast_probability_or_by_class(classified):
     red_cell = cells.loc[~cells["is_nucleated"]].iloc[0]
     high = outline_colour(by_p, sure_blast["label"])
     low = outline_colour(by_p, sure_other["label"])
-    assert high[0] > high[2] + 80  # red
-    assert low[2] > low[0] + 60  # blue
-    assert list(outline_colour(by_p, red_cell["label"])) == [170, 170, 170]
+    # the viewer's viridis: yellow near 1, dark purple near 0
+    assert list(high) == list(p_blast_rgb(np.array([sure_blast["p_blast"]]))[0])
+    assert high[1] > 150
+    assert high[2] < 120
+    assert low[2] > low[1]
+    assert low.sum() < 350
+    assert tuple(outline_colour(by_p, red_cell["label"])) == GREY
     expected = class_colour(sure_blast["mutation_call"])
     assert tuple(outline_colour(by_class, sure_blast["label"])) == expected
     with pytest.raises(ExportError, match="differ in size"):

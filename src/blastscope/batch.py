@@ -3,45 +3,108 @@ exporting, resuming and summarising a batch.
 
 A *slide* is one image file, or a folder holding several fields (images) of the same slide,
 whose blasts are pooled into one slide call. :func:`find_slides` turns a file, a folder or a glob
-pattern into slides; :func:`slide_steps` analyses and exports one; :func:`batch_steps` runs many,
-skipping slides already done (a ``slide.json`` marker written last) unless ``force``, and
-recording a failure without stopping the others. The CLI and the dask runner call these.
+pattern into slides (:func:`find_slide`: the one slide of ``blastscope run``); :func:`slide_steps`
+analyses and exports one; :func:`batch_steps` runs many, recording a failure without stopping
+the others. The CLI calls these.
+
+Each slide's outputs go to ``OUT/<slide id>/``, a plain folder name checked to stay inside
+``OUT``. Before analysing, every field is read and the output folder is checked, so a corrupt
+field or an unwritable folder fails the slide before anything is written. ``slide.json``,
+written last, records each field's name and sha256 and the settings (models, thresholds, pixel
+size, formats); a resumed batch skips a slide only when all of them match and otherwise redoes
+it with a note saying why. A slide folder without a valid ``slide.json`` holds the files of an
+unfinished run, which the next run replaces.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import math
 import traceback
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from blastscope.export import DEFAULT_FORMATS, ExportError, export_result
-from blastscope.export._atomic import AtomicFiles, dumps_json, ensure_folder
-from blastscope.io import ImageInputError, read_field
-from blastscope.pipeline import PipelineConfig, analyse_steps
+from blastscope.export import (
+    ALL_FORMATS,
+    DEFAULT_FORMATS,
+    ExportError,
+    export_paths,
+    export_result,
+)
+from blastscope.export._atomic import (
+    AtomicFiles,
+    OutputExistsError,
+    check_writable,
+    dumps_json,
+    jsonable,
+    remove_stale_temporaries,
+)
+from blastscope.export._spreadsheet import escape_text_columns
+from blastscope.export.report import report_plot_paths
+from blastscope.export.tables import sidecar_path
+from blastscope.io import ImageInputError, file_sha256, read_field
+from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
 from blastscope.slide_call import SlideCall, call_slide
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MARKER_NAME = "slide.json"
+MARKER_FORMAT = "blastscope-slide"
+MARKER_VERSION = 2
 SUMMARY_NAME = "summary.csv"
+
+
+def check_slide_id(slide_id: str) -> str:
+    """``slide_id`` when it is a plain folder name (the slide's output folder), else a ValueError.
+
+    Refused: empty, ``.`` or ``..``, path separators, a leading ``.`` (hidden), the summary's
+    file name.
+    """
+    problem = ""
+    if not isinstance(slide_id, str) or not slide_id.strip():
+        problem = "is empty"
+    elif slide_id in (".", ".."):
+        problem = "is a step between folders, not a name"
+    elif "/" in slide_id or "\\" in slide_id:
+        problem = "contains a path separator"
+    elif slide_id.startswith("."):
+        problem = "starts with '.' (a hidden name)"
+    elif "\0" in slide_id:
+        problem = "contains a NUL character"
+    elif slide_id == SUMMARY_NAME:
+        problem = "is the name of the batch summary file"
+    if problem:
+        raise ValueError(
+            f"The slide id {slide_id!r} {problem}: a slide id names its output folder "
+            "OUT/<slide id>/, so it must be a plain folder name; rename the image or folder."
+        )
+    return slide_id
 
 
 @dataclass(frozen=True)
 class Slide:
-    """One slide: an id (used for the output folder) and its field images."""
+    """One slide: an id (its output folder's name, see :func:`check_slide_id`) and its fields."""
 
     slide_id: str
     fields: tuple[Path, ...]
 
+    def __post_init__(self) -> None:
+        check_slide_id(self.slide_id)
+        object.__setattr__(self, "fields", tuple(Path(path) for path in self.fields))
+
 
 @dataclass
 class SlideOutcome:
-    """What became of one slide in a batch: ``status`` is done, skipped or failed."""
+    """What became of one slide in a batch: ``status`` is done, skipped or failed.
+
+    ``notes`` say what the run found and did besides analysing (e.g. why a slide was redone).
+    """
 
     slide: Slide
     status: str
@@ -49,6 +112,7 @@ class SlideOutcome:
     counts: dict[str, int] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
     error: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def summary_row(self) -> dict[str, Any]:
         """One row of the batch summary: the call, its probabilities and the counts."""
@@ -71,6 +135,7 @@ class SlideOutcome:
                 row[f"p_{name}"] = probability
                 row[f"p_{name}_low"] = low
                 row[f"p_{name}_high"] = high
+        row["notes"] = "; ".join(self.notes)
         row["error"] = self.error
         return row
 
@@ -84,8 +149,9 @@ def find_slides(source: str | Path) -> list[Slide]:
     """The slides in ``source``: an image file, a folder, or a glob pattern of images.
 
     In a folder, each image directly inside is a slide of its own and each sub-folder holding
-    images is one slide whose images are its fields. Raises ``FileNotFoundError`` naming the
-    source when nothing is found.
+    images is one slide whose images are its fields; hidden files and folders are left out.
+    Raises ``FileNotFoundError`` naming the source when nothing is found, ``ValueError`` when
+    two slides would share an output folder or a name cannot be one (see :func:`check_slide_id`).
     """
     text = str(source)
     path = Path(source)
@@ -93,13 +159,14 @@ def find_slides(source: str | Path) -> list[Slide]:
         return [Slide(path.stem, (path,))]
     if path.is_dir():
         slides = [Slide(item.stem, (item,)) for item in sorted(path.iterdir()) if _is_image(item)]
-        for folder in sorted(item for item in path.iterdir() if item.is_dir()):
+        folders = (item for item in path.iterdir() if item.is_dir())
+        for folder in sorted(item for item in folders if not item.name.startswith(".")):
             fields = tuple(sorted(item for item in folder.iterdir() if _is_image(item)))
             if fields:
                 slides.append(Slide(folder.name, fields))
     elif glob.has_magic(text):
-        slides = [Slide(Path(item).stem, (Path(item),)) for item in sorted(glob.glob(text))]
-        slides = [slide for slide in slides if _is_image(slide.fields[0])]
+        images = [Path(item) for item in sorted(glob.glob(text)) if _is_image(Path(item))]
+        slides = [Slide(image.stem, (image,)) for image in images]
     else:
         raise FileNotFoundError(f"No file or folder at {text}: check the path.")
     if not slides:
@@ -107,14 +174,327 @@ def find_slides(source: str | Path) -> list[Slide]:
             f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {text}: point at an image, a "
             "folder of images, a folder of slide folders, or a glob pattern such as 'runs/*.tif'."
         )
-    duplicates = pd.Series([slide.slide_id for slide in slides]).duplicated()
+    # case-insensitive file systems (macOS, Windows) would merge "A" and "a" into one folder
+    duplicates = pd.Series([slide.slide_id.casefold() for slide in slides]).duplicated(keep=False)
     if duplicates.any():
         names = sorted({slides[i].slide_id for i in duplicates[duplicates].index})
         raise ValueError(
-            f"Several slides share the id(s) {names} (same file name in different forms); "
-            "rename them so that each slide's outputs get their own folder."
+            f"Several slides share the id(s) {names} (same file name in different forms or "
+            "letter case); rename them so that each slide's outputs get their own folder."
         )
     return slides
+
+
+def find_slide(source: str | Path) -> Slide:
+    """The one slide at ``source``: an image file, or a folder of one slide's fields.
+
+    A folder's fields are the images in it and in its sub-folders; the slide is named after the
+    folder as resolved (so ``a/b/..`` and ``.`` name the real folder, ``a`` and the current one).
+    """
+    path = Path(source)
+    if path.is_dir():
+        folder = path.resolve()
+        fields = tuple(item for slide in find_slides(folder) for item in slide.fields)
+        try:
+            return Slide(folder.name, fields)
+        except ValueError as error:
+            raise ValueError(f"Cannot analyse {source} as one slide: {error}") from None
+    slides = find_slides(path)
+    if len(slides) != 1:
+        raise ValueError(
+            f"{source} matches {len(slides)} images; give one image or one slide folder (a batch "
+            "analyses several slides)."
+        )
+    return slides[0]
+
+
+def slide_folder(out_dir: str | Path, slide_id: str) -> Path:
+    """``out_dir/<slide_id>``, checked to lie directly inside ``out_dir`` (a ValueError if not)."""
+    folder = Path(out_dir) / check_slide_id(slide_id)
+    if folder.resolve().parent != Path(out_dir).resolve():
+        raise ValueError(
+            f"The output folder of slide {slide_id!r}, {folder}, leads outside {out_dir} (a "
+            "link?); remove the link or choose another output folder."
+        )
+    return folder
+
+
+# --------------------------------------------------------------------------- the slide record
+
+
+def slide_settings(
+    config: PipelineConfig, pixel_size_um: float | None, formats: Sequence[str]
+) -> dict[str, Any]:
+    """What a slide's outputs depend on besides its images (JSON-ready): the segmentation
+    settings, the models (names and weight hashes), the blast threshold, the slide-call settings,
+    the pixel size given (µm per pixel, None = from the files) and the export formats.
+
+    The device and batch sizes are left out: they do not change the results.
+    """
+    segmentation = asdict(config.segmentation)
+    for name in ("device", "batch_size"):
+        segmentation.pop(name, None)
+    settings = {
+        "segmentation": segmentation,
+        "blast_model": _model_record(config.blast_model),
+        "mutation_model": _model_record(config.mutation_model),
+        "blast_threshold": config.blast_threshold,
+        "slide_call": asdict(config.slide_call),
+        "pixel_size_um": pixel_size_um,
+        "formats": sorted(formats),
+    }
+    return jsonable(settings, "the slide settings")
+
+
+def _model_record(model: Any) -> Any:
+    if model is None or isinstance(model, str):
+        return model
+    metadata = getattr(model, "metadata", {}) or {}
+    return {"name": getattr(model, "name", None), "sha256": metadata.get("weights_sha256")}
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short hash of :func:`slide_settings` (16 hex digits)."""
+    text = json.dumps(settings, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class SlideRecordError(ValueError):
+    """A ``slide.json`` that cannot be used; the message says what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class SlideRecord:
+    """What ``slide.json`` says of a finished slide: its fields (name -> sha256), the settings
+    and their key, the counts, the slide call and the names of the files written."""
+
+    fields: dict[str, str]
+    settings: dict[str, Any]
+    settings_key: str
+    counts: dict[str, int]
+    slide_call: SlideCall | None
+    outputs: tuple[str, ...]
+
+
+def read_slide_record(path: str | Path) -> SlideRecord:
+    """Read and check a ``slide.json``; a :class:`SlideRecordError` saying what is wrong."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise SlideRecordError(f"cannot be read ({error})") from error
+    except json.JSONDecodeError as error:
+        raise SlideRecordError(f"is not valid JSON ({error.msg}, line {error.lineno})") from None
+    if not isinstance(record, dict):
+        raise SlideRecordError(f"holds a JSON {type(record).__name__}, not a slide record")
+    if record.get("format") != MARKER_FORMAT or record.get("version") != MARKER_VERSION:
+        raise SlideRecordError(
+            "comes from an older blastscope or another program (no field checksums)"
+        )
+    try:
+        fields = {_text(item["name"]): _text(item["sha256"]) for item in record["fields"]}
+        settings = record["settings"]
+        if not isinstance(settings, dict):
+            raise TypeError("settings is not an object")
+        counts = {_text(name): _count(value) for name, value in record["counts"].items()}
+        call = record["slide_call"]
+        slide_call = None if call is None else _slide_call(call)
+        outputs = tuple(_text(name) for name in record["outputs"])
+        key = _text(record["settings_key"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise SlideRecordError(f"is damaged ({detail})") from None
+    return SlideRecord(fields, settings, key, counts, slide_call, outputs)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r:.40} is not text")
+    return value
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r:.40} is not a count")
+    return value
+
+
+def _number(value: Any) -> float:
+    """A probability or percentage from JSON: None (written for NaN) becomes NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{value!r:.40} is not a number")
+    return float(value)
+
+
+def _slide_call(call: dict[str, Any]) -> SlideCall:
+    values = dict(call)
+    values["classes"] = tuple(_text(name) for name in values["classes"])
+    values["probabilities"] = {
+        _text(name): _number(value) for name, value in values["probabilities"].items()
+    }
+    values["interval"] = {
+        _text(name): (_number(low), _number(high))
+        for name, (low, high) in values["interval"].items()
+    }
+    values["blast_percentage"] = _number(values["blast_percentage"])
+    values["reason"] = _text(values["reason"])
+    values["n_blasts"] = _count(values["n_blasts"])
+    verdict = values["call"]
+    if verdict is not None and not (
+        verdict in values["probabilities"] and verdict in values["interval"]
+    ):
+        raise ValueError(f"the call {verdict!r:.40} is not one of its classes")
+    return SlideCall(**values)
+
+
+@dataclass(frozen=True)
+class SlideState:
+    """What an earlier run left of one slide: its valid record (or None) and why the slide must
+    be (re)done ("" when the record matches the fields and settings, or nothing was there)."""
+
+    record: SlideRecord | None
+    reason: str
+
+    @property
+    def up_to_date(self) -> bool:
+        """Finished with the same fields (by sha256) and settings: nothing to redo."""
+        return self.record is not None and not self.reason
+
+
+def slide_state(folder: Path, fields: dict[str, str], settings: dict[str, Any]) -> SlideState:
+    """Compare ``folder/slide.json`` with the slide's ``fields`` (name -> sha256) and settings."""
+    marker = folder / MARKER_NAME
+    if not marker.exists():
+        leftovers = folder.is_dir() and any(folder.iterdir())
+        reason = "an earlier run left it unfinished (no slide.json)" if leftovers else ""
+        return SlideState(None, reason)
+    try:
+        record = read_slide_record(marker)
+    except SlideRecordError as error:
+        return SlideState(None, f"its slide.json {error}")
+    reasons = _field_changes(record.fields, fields)
+    if record.settings_key != settings_key(settings):
+        changed = _changed_settings(record.settings, settings)
+        reasons.append(f"settings changed ({', '.join(changed) or 'settings key'})")
+    return SlideState(record, "; ".join(reasons))
+
+
+def _field_changes(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    added = [name for name in now if name not in before]
+    removed = [name for name in before if name not in now]
+    changed = [name for name in now if name in before and before[name] != now[name]]
+    reasons = []
+    for names, words in ((added, "added"), (removed, "removed")):
+        if names:
+            noun = "field" if len(names) == 1 else "fields"
+            reasons.append(f"{noun} {_names(names)} {words}")
+    if changed:
+        reasons.append(f"{_names(changed)} changed")
+    return reasons
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown} and {len(names) - most} more"
+
+
+def _changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The names of the settings that differ (``segmentation.flow_threshold``, ``blast_model``)."""
+    changed = []
+    for name in sorted(set(before) | set(now)):
+        old, new = before.get(name), now.get(name)
+        if old == new:
+            continue
+        if name.endswith("_model") or not (isinstance(old, dict) and isinstance(new, dict)):
+            changed.append(name)
+            continue
+        keys = sorted(set(old) | set(new))
+        changed += [f"{name}.{key}" for key in keys if old.get(key) != new.get(key)]
+    return changed
+
+
+# --------------------------------------------------------------------------- one slide
+
+
+def _field_hashes(slide: Slide) -> dict[str, str]:
+    hashes = {}
+    for path in slide.fields:
+        if not path.is_file():
+            raise ImageInputError(f"No image file at {path}: check the path.")
+        try:
+            hashes[path.name] = file_sha256(path)
+        except OSError as error:
+            raise ImageInputError(
+                f"Cannot read {path} ({error.strerror or error}); check that you may read it."
+            ) from error
+    return hashes
+
+
+def _check_field_names(slide: Slide) -> None:
+    """Two fields whose names give the same output files (``f0.png`` and ``f0.jpg``) are refused."""
+    by_stem: dict[str, Path] = {}
+    for path in slide.fields:
+        other = by_stem.setdefault(path.stem.casefold(), path)
+        if other != path:
+            raise ValueError(
+                f"Fields {other} and {path} of slide {slide.slide_id} would write the same output "
+                f"files ({path.stem}.*); rename one of them."
+            )
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    """An :class:`ExportError` for unknown export formats, or Parquet without pyarrow."""
+    unknown = [name for name in formats if name not in ALL_FORMATS]
+    if unknown:
+        raise ExportError(
+            f"Unknown export formats {unknown}; choose from {', '.join(ALL_FORMATS)}."
+        )
+    if "parquet" in formats:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ExportError(
+                "Parquet needs pyarrow: pip install pyarrow (or napari-blastscope[all]), or "
+                "leave parquet out of the formats (csv writes the same table)."
+            ) from None
+
+
+def _expected_outputs(folder: Path, slide: Slide, formats: Sequence[str]) -> list[Path]:
+    """Every file the export of ``slide`` may write into ``folder`` (and ``slide.json``)."""
+    paths = []
+    for path in slide.fields:
+        main = export_paths(folder, path.stem)
+        for name in (*formats, "run"):
+            paths.append(main[name])
+            if name in ("csv", "parquet"):
+                paths.append(sidecar_path(main[name]))
+            if name == "report":
+                paths += report_plot_paths(main[name]).values()
+    return [*paths, folder / MARKER_NAME]
+
+
+def _read_every_field(slide: Slide, pixel_size_um: float | None) -> Steps[None]:
+    """Open and decode every field, so an unreadable one fails the slide before any analysis."""
+    for index, path in enumerate(slide.fields):
+        yield Progress("checking fields", index, len(slide.fields), path.name)
+        read_field(path, pixel_size_um)
+    yield Progress("checking fields", len(slide.fields), len(slide.fields))
+
+
+def _remove_obsolete(folder: Path, record: SlideRecord | None, written: list[Path]) -> int:
+    """Delete the files an earlier record lists that this run did not write (a removed field,
+    a format no longer asked for); returns how many."""
+    if record is None:
+        return 0
+    kept = {path.name for path in written} | {MARKER_NAME}
+    removed = 0
+    for name in record.outputs:
+        plain = bool(name) and Path(name).name == name and not name.startswith(".")
+        if plain and name not in kept and (folder / name).is_file():
+            (folder / name).unlink()
+            removed += 1
+    return removed
 
 
 def slide_steps(
@@ -125,15 +505,45 @@ def slide_steps(
     pixel_size_um: float | None = None,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     overwrite: bool = False,
+    resume: bool = False,
+    flag: str = "overwrite=True",
 ) -> Steps[SlideOutcome]:
     """Analyse every field of ``slide``, export each, pool one slide call and mark it done.
 
-    Outputs go to ``out_dir/<slide_id>/``; the ``slide.json`` marker (the pooled call, counts and
-    outputs) is written last, so a slide without it was not finished.
+    Outputs go to ``out_dir/<slide_id>/``; the ``slide.json`` record (fields with their sha256,
+    settings, pooled call, counts, outputs) is written last. First every field is read and the
+    folder checked: an unreadable field, an unwritable folder or files that may not be replaced
+    fail the slide before any analysis. Files of an unfinished earlier run (no valid
+    ``slide.json``) are replaced; those of a finished one only with ``overwrite`` (``flag`` is
+    how error messages name it). ``resume``: a slide whose record matches its fields and
+    settings is not redone (status "skipped"); one whose record differs is redone, replacing its
+    files. ``SlideOutcome.notes`` say why a slide was redone and what was cleaned up.
     """
-    config = config or PipelineConfig()
-    folder = Path(out_dir) / slide.slide_id
-    tables, outputs, classes = [], [], None
+    check_formats(formats)
+    config = loaded(config or PipelineConfig())
+    folder = slide_folder(out_dir, slide.slide_id)
+    _check_field_names(slide)
+    settings = slide_settings(config, pixel_size_um, formats)
+    state = slide_state(folder, _field_hashes(slide), settings)
+    if resume and not overwrite and state.up_to_date:
+        return _recorded_outcome(slide, folder, state.record)
+    may_replace = overwrite or resume or state.record is None
+    notes = [f"redone: {state.reason}"] if state.reason and may_replace else []
+
+    yield from _read_every_field(slide, pixel_size_um)
+    check_writable(folder)
+    if not may_replace:
+        since = f"; since then {state.reason}" if state.reason else ""
+        context = f" (written by an earlier run of slide {slide.slide_id}{since})"
+        for path in _expected_outputs(folder, slide, formats):
+            if path.exists():
+                raise OutputExistsError(path, flag=flag, context=context)
+    removed = remove_stale_temporaries(folder)
+    if removed:
+        notes.append(f"removed {len(removed)} temporary file(s) left by an interrupted run")
+
+    marker = folder / MARKER_NAME
+    tables, outputs, fields, classes = [], [], [], None
     for index, path in enumerate(slide.fields):
         yield Progress("fields", index, len(slide.fields), path.name)
         image_field = read_field(path, pixel_size_um)
@@ -145,27 +555,36 @@ def slide_steps(
         )
         result.notices[:0] = image_field.notices
         result.provenance["input_file"] = str(path)
-        outputs += export_result(
-            result,
-            image_field.image,
-            folder,
-            stem=path.stem,
-            formats=formats,
-            overwrite=overwrite,
-        )
+        # from here on the folder no longer matches the old record
+        marker.unlink(missing_ok=True)
+        try:
+            outputs += export_result(
+                result,
+                image_field.image,
+                folder,
+                stem=path.stem,
+                formats=formats,
+                overwrite=may_replace,
+            )
+        except OutputExistsError as error:
+            raise error.with_flag(flag) from None
+        fields.append({"name": path.name, "sha256": image_field.sha256, "path": str(path)})
         tables.append(result.cells)
         if result.slide_call is not None:
             classes = result.slide_call.classes
     yield Progress("fields", len(slide.fields), len(slide.fields))
+    obsolete = _remove_obsolete(folder, state.record, outputs)
+    if obsolete:
+        notes.append(f"removed {obsolete} file(s) of the earlier run that no longer belong")
     slide_call = None
     if classes is not None:
-        settings = config.slide_call
+        call_settings = config.slide_call
         slide_call = call_slide(
             tables,
             classes,
-            pooling=settings.pooling,
-            min_blasts=settings.min_blasts,
-            min_probability=settings.min_probability,
+            pooling=call_settings.pooling,
+            min_blasts=call_settings.min_blasts,
+            min_probability=call_settings.min_probability,
         )
     cells = pd.concat(tables, ignore_index=True)
     counts = {
@@ -173,39 +592,46 @@ def slide_steps(
         "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
         "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
     }
-    outcome = SlideOutcome(slide, "done", slide_call, counts, outputs)
-    marker = {
+    record = {
+        "format": MARKER_FORMAT,
+        "version": MARKER_VERSION,
         "slide_id": slide.slide_id,
-        "fields": [str(path) for path in slide.fields],
+        "fields": fields,
+        "settings_key": settings_key(settings),
+        "settings": settings,
         "counts": counts,
         "slide_call": slide_call.to_dict() if slide_call is not None else None,
         "outputs": [path.name for path in outputs],
     }
     with AtomicFiles(overwrite=True) as files:
-        files.temporary(folder / MARKER_NAME).write_text(
-            dumps_json(marker, where="the slide record"), encoding="utf-8"
+        files.temporary(marker).write_text(
+            dumps_json(record, where="the slide record"), encoding="utf-8"
         )
-    return outcome
+    return SlideOutcome(slide, "done", slide_call, counts, outputs, notes=notes)
 
 
-def finished_outcome(slide: Slide, out_dir: str | Path) -> SlideOutcome | None:
-    """The outcome recorded by an earlier run of ``slide`` in ``out_dir``, or None."""
-    marker = Path(out_dir) / slide.slide_id / MARKER_NAME
-    if not marker.is_file():
-        return None
-    record = json.loads(marker.read_text(encoding="utf-8"))
-    call = record.get("slide_call")
-    slide_call = None
-    if call is not None:
-        call["classes"] = tuple(call["classes"])
-        call["interval"] = {name: tuple(pair) for name, pair in call["interval"].items()}
-        call["probabilities"] = {
-            name: float("nan") if value is None else value
-            for name, value in call["probabilities"].items()
-        }
-        slide_call = SlideCall(**call)
-    return SlideOutcome(slide, "skipped", slide_call, record.get("counts", {}))
+def _recorded_outcome(slide: Slide, folder: Path, record: SlideRecord) -> SlideOutcome:
+    outputs = [folder / name for name in record.outputs]
+    return SlideOutcome(slide, "skipped", record.slide_call, dict(record.counts), outputs)
 
+
+def finished_outcome(
+    slide: Slide,
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    pixel_size_um: float | None = None,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> SlideOutcome | None:
+    """The outcome an earlier run recorded for ``slide`` in ``out_dir`` when its fields (by
+    sha256) and settings are the same now; else None (not finished, stale or damaged)."""
+    folder = slide_folder(out_dir, slide.slide_id)
+    settings = slide_settings(loaded(config or PipelineConfig()), pixel_size_um, formats)
+    state = slide_state(folder, _field_hashes(slide), settings)
+    return _recorded_outcome(slide, folder, state.record) if state.up_to_date else None
+
+
+# --------------------------------------------------------------------------- many slides
 
 # Errors that concern one slide (its file, its content, its outputs); others are bugs and raise.
 SLIDE_ERRORS = (ImageInputError, ExportError, ValueError, OSError)
@@ -219,20 +645,28 @@ def batch_steps(
     pixel_size_um: float | None = None,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     force: bool = False,
+    flag: str = "force=True",
 ) -> Steps[list[SlideOutcome]]:
     """Run :func:`slide_steps` over ``slides``; writes ``summary.csv`` (one row per slide).
 
-    Slides already finished in ``out_dir`` are skipped unless ``force`` (which also replaces
-    their files). A slide that fails is recorded with its error and the batch goes on.
+    Slides finished in ``out_dir`` with the same fields and settings are skipped unless
+    ``force`` (which also replaces their files); others are (re)done, with a note saying why.
+    A slide that fails is recorded with its error and the batch goes on. ``flag`` is how error
+    messages name ``force``.
     """
-    out_dir = ensure_folder(out_dir)
+    check_formats(formats)
+    out_dir = check_writable(out_dir)
+    summary = out_dir / SUMMARY_NAME
+    if summary.is_dir():
+        raise ExportError(
+            f"{summary} is a folder, where the batch summary goes; move it away or choose "
+            "another output folder."
+        )
+    remove_stale_temporaries(out_dir)
+    config = loaded(config or PipelineConfig())
     outcomes: list[SlideOutcome] = []
     for index, slide in enumerate(slides):
         yield Progress("slides", index, len(slides), slide.slide_id)
-        previous = None if force else finished_outcome(slide, out_dir)
-        if previous is not None:
-            outcomes.append(previous)
-            continue
         try:
             outcome = yield from slide_steps(
                 slide,
@@ -241,22 +675,25 @@ def batch_steps(
                 pixel_size_um=pixel_size_um,
                 formats=formats,
                 overwrite=force,
+                resume=True,
+                flag=flag,
             )
         except SLIDE_ERRORS as error:
             message = str(error) or traceback.format_exception_only(error)[-1].strip()
             outcome = SlideOutcome(slide, "failed", error=message)
         outcomes.append(outcome)
     yield Progress("slides", len(slides), len(slides))
-    write_summary(outcomes, Path(out_dir) / SUMMARY_NAME)
+    write_summary(outcomes, summary)
     return outcomes
 
 
 def write_summary(outcomes: list[SlideOutcome], path: Path) -> Path:
-    """The batch summary CSV: one row per slide (call, probabilities, counts, status, error)."""
+    """The batch summary CSV: one row per slide (call, probabilities, counts, status, notes,
+    error); text a spreadsheet would run as a formula is escaped with a leading quote."""
     table = pd.DataFrame([outcome.summary_row() for outcome in outcomes])
     for column in ("n_fields", "cells", "nucleated", "blasts", "blasts_pooled"):
         if column in table:
             table[column] = table[column].astype("Int64")
     with AtomicFiles(overwrite=True) as files:
-        table.to_csv(files.temporary(path), index=False)
+        escape_text_columns(table).to_csv(files.temporary(path), index=False)
     return path

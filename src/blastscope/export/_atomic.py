@@ -2,7 +2,9 @@
 
 Every export writes to a hidden temporary file in its target's folder and renames it into place
 (``os.replace``) only once every file of the export is complete, so a failure leaves no
-half-written file, and an existing file is replaced only with ``overwrite=True``.
+half-written file, and an existing file is replaced only with ``overwrite=True``. A temporary
+file is named ``.<target name>.<12 hex digits>.part``; one left behind by a killed process is
+found by :func:`stale_temporaries`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +26,59 @@ import pandas as pd
 
 class ExportError(ValueError):
     """An export that cannot be written; the message says why and what to do."""
+
+
+class OutputExistsError(ExportError):
+    """A file an export would write already exists and may not be replaced.
+
+    ``flag`` is how the caller asks for a replacement (``overwrite=True`` in Python, a command
+    line flag such as ``--force`` in the CLI); ``context`` adds why the file is there.
+    """
+
+    def __init__(self, path: str | Path, *, flag: str = "overwrite=True", context: str = ""):
+        self.path = Path(path)
+        self.context = context
+        super().__init__(
+            f"{self.path} already exists{context}; pass {flag} to replace it, or choose another "
+            "output folder or name."
+        )
+
+    def with_flag(self, flag: str) -> OutputExistsError:
+        """The same refusal naming ``flag`` as the way to replace the file."""
+        return OutputExistsError(self.path, flag=flag, context=self.context)
+
+
+_TEMPORARY_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.part")
+
+
+def temporary_name(target: str | Path) -> str:
+    """A fresh name for a temporary file to be renamed onto ``target`` (hidden, ``.part``)."""
+    return f".{Path(target).name}.{uuid.uuid4().hex[:12]}.part"
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """The temporary files of unfinished writes in ``folder`` (left by a killed process)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path for path in folder.iterdir() if _TEMPORARY_NAME.fullmatch(path.name) and path.is_file()
+    )
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files left in ``folder`` by writes that never finished; returns them.
+
+    Call it only where no other process is writing into ``folder``.
+    """
+    removed = []
+    for path in stale_temporaries(folder):
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 class AtomicFiles:
@@ -43,14 +99,11 @@ class AtomicFiles:
         if target.is_dir():
             raise ExportError(f"{target} is a folder; give a file name to write to.")
         if target.exists() and not self.overwrite:
-            raise ExportError(
-                f"{target} already exists; pass overwrite=True to replace it, or choose another "
-                "output folder or name."
-            )
+            raise OutputExistsError(target)
         if any(target == pending for pending, _ in self._pending):
             raise ExportError(f"{target} is written twice by the same export; use distinct names.")
         folder = ensure_folder(target.parent)
-        temporary = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.part"
+        temporary = folder / temporary_name(target)
         try:
             descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except OSError as error:
@@ -106,6 +159,11 @@ def ensure_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if folder.is_dir():
         return folder
+    if folder.exists():
+        raise ExportError(
+            f"Cannot create the output folder {folder}: a file has that name; move the file or "
+            "choose another output folder."
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -114,6 +172,23 @@ def ensure_folder(folder: str | Path) -> Path:
             f"Cannot create the output folder {folder} ({reason}); choose a folder you can write "
             "to (a path whose parents are folders, not files)."
         ) from error
+    return folder
+
+
+def check_writable(folder: str | Path) -> Path:
+    """``folder`` (created if missing) after a test write; an :class:`ExportError` naming the
+    folder and the fix when files cannot be written there."""
+    folder = ensure_folder(folder)
+    probe = folder / temporary_name("write-test")
+    try:
+        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except OSError as error:
+        raise ExportError(
+            f"Cannot write in the output folder {folder} ({error.strerror}); choose a folder "
+            "you can write to."
+        ) from error
+    os.close(descriptor)
+    probe.unlink(missing_ok=True)
     return folder
 
 

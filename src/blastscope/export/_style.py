@@ -8,10 +8,20 @@ class, so the names written for it replace ``::`` / ``:`` with ``-`` (``PML-RARA
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
+
+from blastscope.palette import (
+    BLUE,
+    DARK_GREY,
+    GREY,
+    MUTATION_COLOURS,
+    REDDISH_PURPLE,
+    RGB,
+    YELLOW,
+    mutation_class_colour,
+    p_blast_rgb,
+)
 
 BLAST = "Blast"
 NON_BLAST = "Non-blast"
@@ -20,18 +30,16 @@ NUCLEATED = "Nucleated"
 UNMEASURED = "Unmeasured"
 NO_CALL = "No call"
 
-_COLOURS: dict[str, tuple[int, int, int]] = {
-    BLAST: (220, 40, 40),
-    NON_BLAST: (40, 110, 220),
-    NON_NUCLEATED: (170, 170, 170),
-    NUCLEATED: (40, 170, 170),
-    UNMEASURED: (240, 220, 60),
-    NO_CALL: (128, 128, 128),
-    "PML::RARA": (235, 130, 20),
-    "NPM1": (150, 60, 200),
-    "CBFB::MYH11": (210, 40, 150),
-    "RUNX1::RUNX1T1": (40, 160, 70),
+_COLOURS: dict[str, RGB] = {
+    BLAST: REDDISH_PURPLE,
+    NON_BLAST: BLUE,
+    NON_NUCLEATED: GREY,
+    NUCLEATED: YELLOW,
+    UNMEASURED: DARK_GREY,
+    NO_CALL: GREY,
+    **MUTATION_COLOURS,
 }
+"""Class colours, all from :mod:`blastscope.palette`."""
 
 
 def qupath_class_name(name: str) -> str:
@@ -39,12 +47,10 @@ def qupath_class_name(name: str) -> str:
     return name.replace("::", "-").replace(":", "-")
 
 
-def class_colour(name: str) -> tuple[int, int, int]:
-    """The (r, g, b) 0-255 colour of a class; a fixed one per known class, else from its name."""
-    if name in _COLOURS:
-        return _COLOURS[name]
-    digest = hashlib.sha256(name.encode()).digest()
-    return (64 + digest[0] % 160, 64 + digest[1] % 160, 64 + digest[2] % 160)
+def class_colour(name: str) -> RGB:
+    """The (r, g, b) 0-255 colour of a cell class (:mod:`blastscope.palette`); a class the
+    palette does not name is a mutation class of the user's model."""
+    return _COLOURS.get(name) or mutation_class_colour(name)
 
 
 def cell_classes(cells: pd.DataFrame) -> pd.Series:
@@ -66,12 +72,6 @@ def cell_classes(cells: pd.DataFrame) -> pd.Series:
 
 
 def probability_colours(probabilities: np.ndarray) -> np.ndarray:
-    """(N, 3) uint8 colours of probabilities in [0, 1] (blue 0 -> red 1, matplotlib coolwarm);
-    grey where NaN."""
-    from matplotlib import colormaps
-
-    values = np.asarray(probabilities, dtype=np.float64)
-    rgba = colormaps["coolwarm"](np.nan_to_num(values, nan=0.0).clip(0.0, 1.0))
-    colours = np.round(rgba[:, :3] * 255).astype(np.uint8)
-    colours[np.isnan(values)] = _COLOURS[NON_NUCLEATED]
-    return colours
+    """(N, 3) uint8 colours of probabilities in [0, 1] (viridis, as in the viewer); grey where
+    NaN."""
+    return p_blast_rgb(probabilities, _COLOURS[NON_NUCLEATED])

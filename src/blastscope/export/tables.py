@@ -5,7 +5,10 @@ and their dtypes (a CSV has none: the nullable boolean ``blast_override`` would 
 text), the slide call and the provenance. :func:`read_cells_table` reads both back to the same
 table, dtypes included. A CSV keeps the shortest text that reads back to the same float, writes
 missing values as empty fields, and cannot tell an empty string from a missing one in text
-columns (both read back as ``""``).
+columns (both read back as ``""``). Text a spreadsheet would run as a formula (``=...``,
+``+...``, ``-...``, ``@...``) is written with a quote in front (see
+:mod:`blastscope.export._spreadsheet`; the sidecar's ``text_escape`` says so) and read back
+without it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 
 from blastscope.export._atomic import AtomicFiles, ExportError, dumps_json, jsonable
 from blastscope.export._columns import column_kind, column_specs, restore_column
+from blastscope.export._spreadsheet import ESCAPE_NAME, escape_text_columns, unescape_cell
 from blastscope.export.geojson import slide_call_dict
 
 TABLE_SUFFIXES = (".csv", ".parquet")
@@ -90,9 +94,11 @@ def write_table_files(
         "slide_call": slide_call_dict(slide_call),
         "provenance": jsonable(provenance or {}, "provenance"),
     }
+    if suffix == ".csv":
+        sidecar["text_escape"] = ESCAPE_NAME
     sidecar_text = dumps_json(sidecar, where="the table's sidecar")
     if suffix == ".csv":
-        table.to_csv(files.temporary(path), index=False)
+        escape_text_columns(table).to_csv(files.temporary(path), index=False)
     else:
         _require_pyarrow()
         table.to_parquet(files.temporary(path), index=False, engine="pyarrow")
@@ -125,21 +131,26 @@ def read_cells_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not specs:
         return pd.read_csv(path), sidecar
     text = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    escaped = sidecar.get("text_escape") == ESCAPE_NAME
+    if escaped:
+        text.columns = [unescape_cell(name) for name in text.columns]
     missing = [name for name, _ in specs if name not in text]
     if missing:
         raise ExportError(
             f"{path.name} lacks the columns {missing} that its sidecar lists; the table and "
             f"{sidecar_file.name} do not belong together."
         )
-    columns = {name: _parse(name, text[name].tolist(), dtype) for name, dtype in specs}
+    columns = {name: _parse(name, text[name].tolist(), dtype, escaped) for name, dtype in specs}
     return pd.DataFrame(columns, columns=[name for name, _ in specs]), sidecar
 
 
-def _parse(name: str, values: list[str], dtype: str) -> pd.Series:
-    """A CSV column (text) back to ``dtype``; empty fields are missing values."""
+def _parse(name: str, values: list[str], dtype: str, escaped: bool = False) -> pd.Series:
+    """A CSV column (text) back to ``dtype``; empty fields are missing values; ``escaped``: text
+    was written spreadsheet-safe (a quote in front of formulas)."""
     kind = column_kind(name, dtype)
     if kind == "text":
-        return restore_column(name, values, dtype)
+        texts = [unescape_cell(value) for value in values] if escaped else values
+        return restore_column(name, texts, dtype)
     if kind in ("bool", "boolean"):
         truth = {"True": True, "False": False, "": None}
         return restore_column(name, [truth[value] for value in values], dtype)

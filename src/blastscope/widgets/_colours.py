@@ -19,46 +19,38 @@ from collections.abc import Sequence
 import numpy as np
 from napari.utils.colormaps import Colormap, ensure_colormap
 
+from blastscope.palette import P_BLAST_COLORMAP, mutation_class_colours
+
 TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 VEIL_RGBA = (1.0, 1.0, 1.0, 0.62)
 """Colour laid over cells below the threshold: a pale wash that dims them."""
 FORCED_BLAST = 2.0
 FORCED_NON_BLAST = -2.0
 """Veil values of cells the user marked: outside any threshold's (t - 1, t + 1) window."""
-CLASS_COLOURS = (
-    (0.902, 0.624, 0.0),  # orange
-    (0.337, 0.706, 0.914),  # sky blue
-    (0.0, 0.620, 0.451),  # bluish green
-    (0.835, 0.369, 0.0),  # vermillion
-    (0.800, 0.475, 0.655),  # reddish purple
-    (0.0, 0.447, 0.698),  # blue
-    (0.941, 0.894, 0.259),  # yellow
-)
-"""Okabe-Ito colours (distinguishable with colour-vision deficiencies) for mutation classes."""
 
 
 def p_blast_colormap() -> Colormap:
-    """Viridis over p_blast 0..1 (perceptually uniform), NaN transparent."""
-    viridis = ensure_colormap("viridis")
+    """The palette's p_blast colormap (viridis) over 0..1, NaN transparent."""
+    base = ensure_colormap(P_BLAST_COLORMAP)
     return Colormap(
-        colors=viridis.colors,
-        controls=viridis.controls,
+        colors=base.colors,
+        controls=base.controls,
         name="blastscope p_blast",
-        display_name="p_blast (viridis)",
+        display_name=f"p_blast ({P_BLAST_COLORMAP})",
         nan_color=TRANSPARENT,
     )
 
 
-def class_colour(index: int) -> tuple[float, float, float]:
-    """The RGB colour (0..1) of mutation class number ``index``."""
-    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+def class_colours(classes: Sequence[str]) -> list[tuple[float, float, float]]:
+    """The RGB colour (0..1) of each mutation class (the palette's, by name)."""
+    return [tuple(value / 255 for value in rgb) for rgb in mutation_class_colours(classes)]
 
 
 def class_colormap(classes: Sequence[str]) -> Colormap:
     """One flat colour per class: class ``k`` is drawn for values in ``[k, k + 1)`` with
     contrast limits ``(0, len(classes))``; NaN transparent."""
     count = len(classes)
-    colours = [(*class_colour(index), 1.0) for index in range(count)]
+    colours = [(*colour, 1.0) for colour in class_colours(classes)]
     return Colormap(
         colors=colours,
         controls=np.linspace(0.0, 1.0, count + 1),

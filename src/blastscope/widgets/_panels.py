@@ -11,14 +11,32 @@ import numpy as np
 import pandas as pd
 from napari.utils.colormaps import ensure_colormap
 from qtpy.QtCore import QAbstractTableModel, QModelIndex, QRectF, Qt
-from qtpy.QtGui import QColor, QFont, QImage, QLinearGradient, QPainter, QPen, QPixmap
+from qtpy.QtGui import (
+    QColor,
+    QFont,
+    QImage,
+    QLinearGradient,
+    QPainter,
+    QPalette,
+    QPen,
+    QPixmap,
+)
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QSizePolicy, QTableView, QWidget
 
+from blastscope.palette import P_BLAST_COLORMAP
 from blastscope.slide_call import SlideCall
-from blastscope.widgets._colours import VEIL_RGBA, class_colour
+from blastscope.widgets._colours import VEIL_RGBA, class_colours
 
-_TEXT = QColor(220, 220, 220)
-_MUTED = QColor(150, 150, 150)
+
+def _text(widget: QWidget) -> QColor:
+    """The theme's text colour (napari's dark and light themes alike)."""
+    return widget.palette().color(QPalette.ColorRole.WindowText)
+
+
+def _muted(widget: QWidget) -> QColor:
+    colour = _text(widget)
+    colour.setAlpha(150)
+    return colour
 
 
 def _qcolor(rgb: Sequence[float], alpha: float = 1.0) -> QColor:
@@ -34,7 +52,7 @@ class ColourLegend(QWidget):
         self.threshold: float | None = None
         self.classes: tuple[str, ...] = ()
         self.by_class = False
-        self._viridis = ensure_colormap("viridis")
+        self._viridis = ensure_colormap(P_BLAST_COLORMAP)
         self.setMinimumHeight(46)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
@@ -46,19 +64,20 @@ class ColourLegend(QWidget):
     def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        painter.setPen(_TEXT)
+        painter.setPen(_text(self))
         width = self.width() - 16
         if self.threshold is None:
-            painter.setPen(_MUTED)
+            painter.setPen(_muted(self))
             painter.drawText(8, 20, "Classify blasts to colour the cells by p_blast.")
             return
         if self.by_class and self.classes:
+            colours = class_colours(self.classes)
             x = 8
             for index, name in enumerate(self.classes):
-                painter.fillRect(QRectF(x, 6, 12, 12), _qcolor(class_colour(index)))
+                painter.fillRect(QRectF(x, 6, 12, 12), _qcolor(colours[index]))
                 painter.drawText(x + 16, 17, name)
                 x += 24 + painter.fontMetrics().horizontalAdvance(name)
-            painter.setPen(_MUTED)
+            painter.setPen(_muted(self))
             painter.drawText(8, 38, f"top mutation class; cells below p_blast {self.threshold:.2f}")
             return
         bar = QRectF(8, 4, width, 14)
@@ -71,7 +90,7 @@ class ColourLegend(QWidget):
         x = bar.left() + bar.width() * self.threshold
         painter.setPen(QPen(QColor(255, 80, 80), 2))
         painter.drawLine(int(x), int(bar.top()) - 3, int(x), int(bar.bottom()) + 3)
-        painter.setPen(_TEXT)
+        painter.setPen(_text(self))
         painter.drawText(int(bar.left()), 34, "0")
         painter.drawText(int(bar.right()) - 6, 34, "1")
         label = f"p_blast  ·  threshold {self.threshold:.2f} (below: dimmed)"
@@ -102,26 +121,28 @@ class SlideCallChart(QWidget):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         call = self.call
         if call is None:
-            painter.setPen(_MUTED)
+            painter.setPen(_muted(self))
             painter.drawText(8, 20, "Predict mutation to see the slide call.")
             return
         names_width = max(painter.fontMetrics().horizontalAdvance(n) for n in call.classes) + 12
         left, right = 8 + names_width, self.width() - 52
+        colours = class_colours(call.classes)
+        track = self.palette().color(QPalette.ColorRole.Mid)
         span = max(right - left, 10)
         for index, name in enumerate(call.classes):
             top = 5 + index * self.ROW_HEIGHT
             middle = top + self.ROW_HEIGHT / 2 - 2
-            painter.setPen(_TEXT)
+            painter.setPen(_text(self))
             painter.drawText(8, int(middle + 5), name)
-            painter.fillRect(QRectF(left, top, span, self.ROW_HEIGHT - 8), QColor(60, 60, 60))
+            painter.fillRect(QRectF(left, top, span, self.ROW_HEIGHT - 8), track)
             value = call.probabilities.get(name, math.nan)
             if math.isfinite(value):
-                colour = _qcolor(class_colour(index), 1.0 if name == call.call else 0.55)
+                colour = _qcolor(colours[index], 1.0 if name == call.call else 0.55)
                 painter.fillRect(QRectF(left, top, span * value, self.ROW_HEIGHT - 8), colour)
                 painter.drawText(int(right) + 6, int(middle + 5), f"{value:.2f}")
             low, high = call.interval.get(name, (math.nan, math.nan))
             if self.exact and math.isfinite(low) and math.isfinite(high):
-                painter.setPen(QPen(QColor(250, 250, 250), 1.5))
+                painter.setPen(QPen(_text(self), 1.5))
                 x0, x1 = left + span * low, left + span * high
                 painter.drawLine(int(x0), int(middle), int(x1), int(middle))
                 painter.drawLine(int(x0), int(middle) - 4, int(x0), int(middle) + 4)

@@ -1,0 +1,66 @@
+"""The one palette of blastscope: the viewer, the overlay PNG, the report and the GeoJSON take
+every colour from here.
+
+Categorical colours are Okabe-Ito's (told apart with every common colour-vision deficiency);
+blast probabilities are drawn with viridis (perceptually uniform, readable in grey). Mutation
+classes keep one colour by name wherever they appear; classes blastscope does not know take one
+of the spare Okabe-Ito colours, chosen by their name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+RGB = tuple[int, int, int]
+
+ORANGE: RGB = (230, 159, 0)
+SKY_BLUE: RGB = (86, 180, 233)
+BLUISH_GREEN: RGB = (0, 158, 115)
+YELLOW: RGB = (240, 228, 66)
+BLUE: RGB = (0, 114, 178)
+VERMILLION: RGB = (213, 94, 0)
+REDDISH_PURPLE: RGB = (204, 121, 167)
+GREY: RGB = (153, 153, 153)
+DARK_GREY: RGB = (90, 90, 90)
+
+MUTATION_COLOURS: dict[str, RGB] = {
+    "PML::RARA": ORANGE,
+    "NPM1": SKY_BLUE,
+    "CBFB::MYH11": BLUISH_GREEN,
+    "RUNX1::RUNX1T1": VERMILLION,
+}
+"""The four mutation classes of the shipped model."""
+
+SPARE_COLOURS: tuple[RGB, ...] = (BLUISH_GREEN, SKY_BLUE, VERMILLION)
+"""For classes of the user's own models (e.g. ``other AML``); not the cell-class colours."""
+
+P_BLAST_COLORMAP = "viridis"
+"""Matplotlib / napari name of the colormap of p_blast over 0..1."""
+
+
+def mutation_class_colour(name: str) -> RGB:
+    """The colour (0-255) of mutation class ``name``: a known class's own, else one of the
+    spare colours chosen by the name (the same everywhere it is drawn)."""
+    if name in MUTATION_COLOURS:
+        return MUTATION_COLOURS[name]
+    digest = hashlib.sha256(name.encode()).digest()
+    return SPARE_COLOURS[digest[0] % len(SPARE_COLOURS)]
+
+
+def mutation_class_colours(classes: Sequence[str]) -> list[RGB]:
+    """:func:`mutation_class_colour` of each of ``classes``."""
+    return [mutation_class_colour(name) for name in classes]
+
+
+def p_blast_rgb(values: np.ndarray, nan_colour: RGB = GREY) -> np.ndarray:
+    """(N, 3) uint8 viridis colours of probabilities in [0, 1]; ``nan_colour`` where NaN."""
+    from matplotlib import colormaps
+
+    values = np.asarray(values, dtype=np.float64)
+    rgba = colormaps[P_BLAST_COLORMAP](np.nan_to_num(values, nan=0.0).clip(0.0, 1.0))
+    colours = np.round(rgba[:, :3] * 255).astype(np.uint8)
+    colours[np.isnan(values)] = nan_colour
+    return colours
