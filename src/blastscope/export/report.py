@@ -365,7 +365,8 @@ def _page(
         "<h2>Overlay</h2>",
         _image_tag(
             plots["overlay"],
-            "Cells coloured by blast probability (blue 0, red 1; grey: not nucleated)",
+            "Cells coloured by blast probability (viridis, as in the viewer: dark purple 0, "
+            "yellow 1; grey: not nucleated)",
             names["overlay"].name,
         ),
         "<h2>Models and parameters</h2>",
