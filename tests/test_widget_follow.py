@@ -134,3 +134,22 @@ def test_segment_shows_the_pixel_size_in_use_and_refuses_a_second_run(make_napar
     segment.runner.cancel()
     wait_for(segment)
     assert segment._recompute_button.enabled
+
+
+def test_the_docks_are_in_napari_menus_by_what_they_do(make_napari_viewer_proxy):
+    from napari._app_model import get_app_model
+
+    make_napari_viewer_proxy()
+    menus = get_app_model().menus
+
+    def commands(menu: str) -> set[str]:
+        return {item.command.id for item in menus.get_menu(menu) if hasattr(item, "command")}
+
+    assert "napari-blastscope.segment_widget" in commands("napari/layers/segment")
+    assert {"napari-blastscope.classify_widget", "napari-blastscope.mutation_widget"} <= commands(
+        "napari/layers/classify"
+    )
+    assert {"napari-blastscope.inspector_widget", "napari-blastscope.edit_widget"} <= commands(
+        "napari/layers/annotate"
+    )
+    assert "napari-blastscope.export_widget" in commands("napari/file/io_utilities")
