@@ -153,3 +153,23 @@ def test_the_docks_are_in_napari_menus_by_what_they_do(make_napari_viewer_proxy)
         "napari/layers/annotate"
     )
     assert "napari-blastscope.export_widget" in commands("napari/file/io_utilities")
+
+
+def test_columns_other_plugins_add_to_the_features_survive_our_updates(
+    make_napari_viewer_proxy,
+):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    choose_bundle(classify, BLAST_BUNDLE)
+    features = session.layer.features.copy()
+    features["cluster"] = np.arange(len(features)) % 3  # what another plugin adds
+    session.layer.features = features
+    classify.run()
+    wait_for(classify)
+    classify.threshold.value = 0.8
+    session.flush()
+    features = session.layer.features
+    assert "p_blast" in features
+    assert (features["cluster"].to_numpy() == np.arange(len(features)) % 3).all()
+    assert session.layer.metadata.keys().isdisjoint({"blastscope_session"})

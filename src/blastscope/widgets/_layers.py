@@ -49,6 +49,22 @@ def layer_features(cells: pd.DataFrame) -> pd.DataFrame:
     return features
 
 
+def put_features(layer: Labels, cells: pd.DataFrame) -> None:
+    """Set ``layer.features`` to the cells table (:func:`layer_features`), keeping the columns
+    other plugins added (matched by label id); blastscope's own earlier columns are replaced."""
+    features = layer_features(cells)
+    existing = layer.features
+    previous = layer.metadata.get(RESULT_KEY)
+    ours = set(features.columns) | set(CALL_COLUMNS)
+    if previous is not None:
+        ours |= set(layer_features(previous.cells).columns)
+    foreign = [name for name in existing.columns if name not in ours]
+    if foreign and "index" in existing.columns and len(existing):
+        kept = existing[["index", *foreign]].drop_duplicates("index")
+        features = features.merge(kept, on="index", how="left")
+    layer.features = features
+
+
 def image_pixel_size_um(image_layer: Image) -> float | None:
     """The layer's pixel size in µm: from blastscope's metadata, else from the layer's scale
     when its units are lengths (as readers of OME-TIFF and other microscopy files set them),
@@ -90,7 +106,6 @@ def show_cells(
     name = cells_layer_name(image_layer)
     if layer is None and name in viewer.layers and isinstance(viewer.layers[name], Labels):
         layer = viewer.layers[name]
-    features = layer_features(result.cells)
     metadata = {
         RESULT_KEY: result,
         SOURCE_KEY: image_layer.name,
@@ -100,7 +115,7 @@ def show_cells(
     if layer is not None:
         if update_data:
             layer.data = result.labels.copy()
-        layer.features = features
+        put_features(layer, result.cells)
         layer.metadata.update(metadata)
         layer.scale = image_layer.scale[-2:]
         layer.translate = image_layer.translate[-2:]
@@ -108,7 +123,7 @@ def show_cells(
     layer = viewer.add_labels(
         result.labels.copy(),
         name=name,
-        features=features,
+        features=layer_features(result.cells),
         metadata=metadata,
         scale=image_layer.scale[-2:],
         translate=image_layer.translate[-2:],

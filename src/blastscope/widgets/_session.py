@@ -10,8 +10,9 @@ follows off the UI thread a moment later and replaces the layer's ``features`` a
 :class:`~blastscope.result.SlideResult` kept in its metadata; until then
 :attr:`CellsSession.exact` is False and the panels show the interval as pending.
 
-The session lives in the layer's metadata (under :data:`SESSION_KEY`), so that every dock,
-whatever viewer proxy it holds, finds the same one with :func:`session_for`.
+Sessions are kept per layer (by its ``unique_id``, not in its metadata, which writers see) so
+that every dock, whatever viewer proxy it holds, finds the same one with :func:`session_for`;
+a session ends when its layer leaves the viewer.
 """
 
 from __future__ import annotations
@@ -43,13 +44,14 @@ from blastscope.widgets._colours import (
 from blastscope.widgets._layers import (
     RESULT_KEY,
     SOURCE_KEY,
-    layer_features,
+    put_features,
     show_cells,
     viewer_camera,
     viewer_text_overlay,
 )
 
-SESSION_KEY = "blastscope_session"
+_SESSIONS: dict[str, CellsSession] = {}
+"""The live session of each cells layer, by the layer's ``unique_id``."""
 EXACT_DELAY_MS = 150
 """Quiet time after the last change before the exact result is computed (ms)."""
 DEMO_NOTICE = "blastscope: demonstration model, not for diagnosis"
@@ -66,10 +68,10 @@ def session_for(
 ) -> CellsSession:
     """The session of ``layer`` (made on first use, showing the result the layer holds, e.g.
     a reopened review, unless ``show_stored`` is False)."""
-    session = layer.metadata.get(SESSION_KEY)
-    if not isinstance(session, CellsSession) or session.layer_id != layer.unique_id:
+    session = _SESSIONS.get(layer.unique_id)
+    if session is None:
         session = CellsSession(viewer, layer)
-        layer.metadata[SESSION_KEY] = session
+        _SESSIONS[layer.unique_id] = session
         stored = layer.metadata.get(RESULT_KEY)
         if show_stored and isinstance(stored, SlideResult):
             session.show(stored)
@@ -123,6 +125,13 @@ class CellsSession:
             layer.bind_key(key, self._key_override(value), overwrite=True)
         layer.bind_key(UNDO_KEY, lambda _layer: self.undo_override(), overwrite=True)
         layer.bind_key(NEXT_KEY, lambda _layer: self.select_next_uncertain(), overwrite=True)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _on_layer_removed(self, event) -> None:
+        if event.value is self.layer or getattr(event.value, "unique_id", None) == self.layer_id:
+            self._timer.stop()
+            _SESSIONS.pop(self.layer_id, None)
+            self._viewer.layers.events.removed.disconnect(self._on_layer_removed)
 
     # ----------------------------------------------------------------- state
     @property
@@ -291,9 +300,9 @@ class CellsSession:
             self._timer.start()
 
     def _store(self, result: SlideResult) -> None:
+        put_features(self.layer, result.cells)
         self.layer.metadata[RESULT_KEY] = result
         self.layer.metadata["provenance"] = result.provenance
-        self.layer.features = layer_features(result.cells)
         self.exact = True
         self.preview_call = None
         self.changed.emit()
