@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtWidgets import QApplication, QMessageBox
 
 from blastscope.widgets._session import show_result
 from widget_cases import (
@@ -20,6 +20,7 @@ from widget_cases import (
     smear,
     smear_cells,
     wait_for,
+    wait_until,
 )
 
 pytestmark = pytest.mark.gui
@@ -173,3 +174,27 @@ def test_columns_other_plugins_add_to_the_features_survive_our_updates(
     assert "p_blast" in features
     assert (features["cluster"].to_numpy() == np.arange(len(features)) % 3).all()
     assert session.layer.metadata.keys().isdisjoint({"blastscope_session"})
+
+
+def test_closing_the_viewer_mid_run_stops_the_worker_without_a_traceback(
+    make_napari_viewer_proxy, monkeypatch
+):
+    import sys
+
+    raised = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    choose_bundle(classify, BLAST_BUNDLE)
+    classify._batch_size.value = 1  # many batches: the run is still going when the viewer closes
+    runner = classify.runner
+    classify.run()
+    assert runner.running
+    worker = runner.worker
+    viewer.close()
+    wait_until(lambda: not worker.is_running, timeout_s=60)
+    for _ in range(20):
+        QApplication.processEvents()
+    assert raised == []
+    assert worker.abort_requested  # stopped, not run to the end

@@ -67,7 +67,7 @@ class StageRunner:
         worker = create_worker(_drive, steps, _start_thread=False, _ignore_errors=True)
         self._activity = progress(total=0, desc=description)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(on_result)
+        worker.returned.connect(lambda result: None if self._closed else on_result(result))
         worker.errored.connect(self._on_error)
         worker.aborted.connect(lambda: steps.close())
         worker.finished.connect(self._on_finished)
@@ -110,7 +110,8 @@ class StageRunner:
             activity.refresh()
 
     def _on_error(self, error: Exception) -> None:
-        show_error(str(error) or type(error).__name__)
+        if not self._closed:
+            show_error(str(error) or type(error).__name__)
 
     def _on_finished(self) -> None:
         self.worker = None
