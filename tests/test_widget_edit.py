@@ -113,6 +113,29 @@ def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy):
     assert session.result.provenance["edits"][-1] == {"changed": [], "removed": [label]}
 
 
+def test_napari_undo_of_an_edit_updates_the_dock_and_auto_mode(make_napari_viewer_proxy):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
+    layer = session.layer
+    features = layer.features
+    label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
+    layer.fill(deepest_pixel(session.result.labels, label), 0)
+    assert edit.status.value == "cells edited: re-classify to update them"
+    layer.undo()  # napari's Ctrl-Z: the labels are as analysed again
+    assert edit.pending() == 0
+    assert edit.status.value == "no edited cell: the table is up to date"
+
+    edit.delay_ms.value = 200
+    edit.auto.value = True
+    count = len(features)
+    layer.fill(deepest_pixel(session.result.labels, label), 0)
+    wait_until(lambda: len(session.layer.features) == count - 1)
+    wait_for(edit)
+    layer.undo()  # brings the erased cell back: auto mode re-classifies it
+    wait_until(lambda: len(session.layer.features) == count)
+    wait_for(edit)
+    assert label in session.result.labels
+
+
 def test_reclassify_without_edits_says_so(make_napari_viewer_proxy):
     _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
     before = session.result

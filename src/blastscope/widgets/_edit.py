@@ -23,7 +23,10 @@ from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._session import CellsSession, show_result
 from blastscope.widgets._settings import PersistentValues
 
-EDIT_EVENTS = ("paint", "data", "labels_update")
+EDIT_EVENTS = ("paint", "data", "labels_update", "set_data")
+"""Layer events after which the labels may differ from the analysed result (``set_data``:
+napari's undo and redo)."""
+UP_TO_DATE = "no edited cell: the table is up to date"
 
 
 def stage_classifier(session: CellsSession, kind: str) -> Classifier | None:
@@ -106,8 +109,12 @@ class EditWidget(SessionDock):
                 getattr(layer.events, name).connect(self._edited)
 
     def _edited(self, event=None) -> None:
-        if getattr(event, "type", None) == "data" and self.pending() == 0:
-            return  # the layer was given new labels that match its result (a re-run)
+        if getattr(event, "type", None) in ("data", "set_data") and self.pending() == 0:
+            # new labels that match the result: a re-run, or an undo back to the analysed cells
+            self.timer.stop()
+            if getattr(event, "type", None) == "set_data":
+                self.status.value = UP_TO_DATE
+            return
         self.status.value = "cells edited: re-classify to update them"
         if self.auto.value:
             self.timer.start(int(self.delay_ms.value))
@@ -139,7 +146,7 @@ class EditWidget(SessionDock):
             result = session.flush()
             labels = np.array(layer.data, copy=True)
             if edited_cells(result.labels, labels).count == 0:
-                self.status.value = "no edited cell: the table is up to date"
+                self.status.value = UP_TO_DATE
                 return
             blast = stage_classifier(session, "blast")
             mutation = stage_classifier(session, "mutation")
