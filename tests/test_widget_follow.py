@@ -184,7 +184,7 @@ def test_closing_the_viewer_mid_run_stops_the_worker_without_a_traceback(
     raised = []
     monkeypatch.setattr(sys, "excepthook", lambda *info: raised.append(info))
     viewer = make_napari_viewer_proxy()
-    _, session = add_smear_with_cells(viewer)
+    add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
     choose_bundle(classify, BLAST_BUNDLE)
     classify._batch_size.value = 1  # many batches: the run is still going when the viewer closes
@@ -198,3 +198,21 @@ def test_closing_the_viewer_mid_run_stops_the_worker_without_a_traceback(
         QApplication.processEvents()
     assert raised == []
     assert worker.abort_requested  # stopped, not run to the end
+
+
+def test_painting_during_a_run_is_kept_when_the_run_returns(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    _, session = add_smear_with_cells(viewer)
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    choose_bundle(classify, BLAST_BUNDLE)
+    classify._batch_size.value = 4
+    classify.run()
+    layer = session.layer
+    layer.brush_size = 10
+    layer.paint((20, 20), int(np.asarray(layer.data).max()) + 1)  # a new cell, mid-run
+    painted = np.array(layer.data, copy=True)
+    with notifications() as messages:
+        wait_for(classify)
+    assert np.array_equal(np.asarray(layer.data), painted)
+    assert any("your edits are kept" in message for message in messages)
+    assert session.classified

@@ -21,7 +21,7 @@ import napari
 import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import FunctionWorker, create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 from scipy import ndimage as ndi
@@ -88,7 +88,20 @@ def show_result(
 ) -> CellsSession:
     """Put ``result`` on the cells layer of ``image_layer`` (``layer``, or the one named after
     the image; added or updated in place, see :func:`show_cells`) and its colours on the colour
-    and veil layers; returns the layer's session."""
+    and veil layers; returns the layer's session.
+
+    A run works on the labels it started from: when the user painted the layer meanwhile, the
+    painting is kept (not replaced by the run's labels) and a warning says how to bring the
+    table up to date; ``update_data`` False leaves the layer's labels as they are in any case.
+    """
+    if update_data and isinstance(layer, Labels):
+        current = np.asarray(layer.data)
+        if current.shape == result.labels.shape and not np.array_equal(current, result.labels):
+            update_data = False
+            show_warning(
+                f"{layer.name} was edited while the run went on: your edits are kept; click "
+                "'Re-classify edited cells' (Edit and re-classify) to bring them up to date."
+            )
     layer = show_cells(viewer, image_layer, result, layer, update_data=update_data)
     session = session_for(viewer, layer, show_stored=False)
     session.show(result)
