@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 import blastscope.synthetic
-from blastscope.models.classifier import BLAST_CLASSES, MUTATION_CLASSES
+from blastscope.classes import BLAST_CLASSES, MUTATION_CLASSES
 from blastscope.progress import run_steps
 from blastscope.train.augment import AugmentConfig
 from blastscope.train.datasets import CellSet, Split, split_cells, synthetic_cells_steps
@@ -92,8 +92,10 @@ QUICK = Sizes(24, 60, 5, 48, 50, 6, 200, 5, (0,), (0.0, 0.2))
 
 def generator_version() -> str:
     """A short hash of the generator's source: a changed generator renders a new cache."""
-    source = Path(blastscope.synthetic.__file__).read_bytes()
-    return hashlib.sha256(source).hexdigest()[:10]
+    digest = hashlib.sha256()
+    for path in sorted(Path(blastscope.synthetic.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def budget_signature(sizes: Sizes) -> str:

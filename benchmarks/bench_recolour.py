@@ -52,7 +52,7 @@ from blastscope.slide_call import call_slide
 from blastscope.synthetic import MUTATION_CLASSES
 from blastscope.widgets._colours import VEIL_RGBA
 from blastscope.widgets._layers import layer_features
-from blastscope.widgets._session import exact_result, show_result
+from blastscope.widgets._session import show_result
 
 SHAPE = (2048, 2048)
 PIXEL_SIZE_UM = 0.25
@@ -159,7 +159,7 @@ def measure(n_cells: int, repeats: int) -> dict[str, float]:
     worker, flush = [], []
     for t in thresholds[:5]:
         start = time.perf_counter()
-        exact_result(session.result, t, session.override_codes(), session.settings)
+        session.review.snapshot().exact()
         worker.append((time.perf_counter() - start) * 1e3)
         classify.threshold.value = round(t + 0.05, 3)
         start = time.perf_counter()

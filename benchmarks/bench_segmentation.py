@@ -41,7 +41,8 @@ from blastscope.train.bccd_masks import (
     read_split,
 )
 from blastscope.train.boxes import wbc_box_matches, wbc_recall_summary
-from blastscope.train.segmenter import SYNTHETIC_EVAL_SEED, SYNTHETIC_PRESETS
+from blastscope.train.segmenter_data import SYNTHETIC_PRESETS
+from blastscope.train.segmenter_eval import SYNTHETIC_EVAL_SEED
 from classical_segmentation import classical_segment
 
 

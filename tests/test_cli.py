@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,8 +11,8 @@ import imageio.v3 as iio
 import pandas as pd
 import pytest
 
-from blastscope import __version__
-from blastscope.cli import main
+from blastscope import __version__, cli
+from blastscope.cli import build_parser, main
 from blastscope.synthetic import MUTATION_CLASSES, generate_field
 
 FIELD_SHAPE = (384, 384)
@@ -130,3 +131,97 @@ def test_the_installed_command_reports_its_version():
     )
     assert completed.returncode == 0
     assert completed.stdout.strip() == f"blastscope {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--threshold", "5", r"between 0 and 1, got 5"),
+        ("--threshold", "high", "not a number"),
+        ("--min-probability", "-0.1", r"between 0 and 1, got -0\.1"),
+        ("--pixel-size", "10", r"between 0\.02 and 5 µm per pixel"),
+        ("--pixel-size", "250", r"nanometres, give 0\.25"),
+        ("--batch-size", "0", "at least 1"),
+        ("--min-blasts", "-3", "at least 0"),
+        ("--min-blasts", "2.5", "whole number"),
+        ("--tile-size", "100", "at least 256"),
+        ("--formats", "csv,pdf", r"unknown format 'pdf'.*geojson"),
+        ("--device", "gpu", r"'gpu'.*auto, cpu, cuda"),
+    ],
+)
+def test_bad_option_values_are_refused_when_parsed(tmp_path, capsys, option, value, message):
+    for command, source in (("run", "field.png"), ("batch", "scans")):
+        with pytest.raises(SystemExit) as raised:
+            main([command, str(tmp_path / source), "--out", str(tmp_path), option, value])
+        assert raised.value.code == 2
+        error = capsys.readouterr().err
+        assert f"argument {option}" in error
+        assert re.search(message, error), error
+
+
+def test_every_run_and_batch_option_has_help_that_shows_its_default(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "500")  # one line per option
+    for command in ("run", "batch"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        lines = capsys.readouterr().out.splitlines()
+        options = [line for line in lines if re.match(r"  --[a-z]", line)]
+        assert len(options) >= 13, lines
+        for line in options:
+            assert "(default: " in line or "(required)" in line, line
+        assert any(re.search(r"--min-probability .*\(default: 0\.4\)", line) for line in options)
+        assert any(re.search(r"--pixel-size .*\(default: .*metadata", line) for line in options)
+
+
+def test_the_parser_defaults_are_the_pipeline_defaults(monkeypatch):
+    from blastscope import devices, export, pipeline, predict, segment, slide_call
+
+    args = build_parser().parse_args(["run", "field.png", "--out", "out"])
+    assert args.segmenter == segment.SHIPPED_SEGMENTER
+    assert args.blast_model == pipeline.DEFAULT_BLAST_MODEL
+    assert args.mutation_model == pipeline.DEFAULT_MUTATION_MODEL
+    assert args.min_blasts == slide_call.DEFAULT_MIN_BLASTS
+    assert args.min_probability == slide_call.DEFAULT_MIN_PROBABILITY
+    assert args.batch_size == predict.DEFAULT_BATCH_SIZE
+    assert args.tile_size == segment.SegmentationParams().tile_size
+    assert args.formats == ",".join(export.DEFAULT_FORMATS)
+    assert cli.ALL_FORMATS == export.ALL_FORMATS
+    assert cli.POOLINGS == slide_call.POOLINGS
+    assert cli.DEVICE_CHOICES == devices.DEVICE_CHOICES
+    monkeypatch.setattr(pipeline, "loaded", lambda config: config)
+    tiled = build_parser().parse_args(
+        ["run", "field.png", "--out", "out", "--tile-size", "512", "--pixel-size", "0.25"]
+    )
+    config = cli._pipeline_config(tiled)
+    assert config.segmentation.tile_size == 512
+    assert tiled.pixel_size == 0.25
+
+
+def test_importing_the_cli_and_building_its_parser_load_no_heavy_module():
+    code = (
+        "import sys\n"
+        "import blastscope.cli\n"
+        "blastscope.cli.build_parser()\n"
+        "heavy = ('torch', 'cellpose', 'napari', 'qtpy', 'pandas', 'blastscope.pipeline')\n"
+        "print(','.join(name for name in heavy if name in sys.modules))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["evaluate", "--help"], "--threshold"),
+        (["crossval", "blast", "--help"], "--folds"),
+        (["train", "blast", "--help"], "--epochs"),
+        (["train", "segmenter", "--help"], "--epochs"),
+    ],
+)
+def test_subcommands_loaded_on_use_still_show_their_options(capsys, command, expected):
+    with pytest.raises(SystemExit) as raised:
+        main(command)
+    assert raised.value.code == 0
+    assert expected in capsys.readouterr().out

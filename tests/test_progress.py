@@ -1,7 +1,6 @@
 import io
 
-from blastscope.cli import progress_bars
-from blastscope.progress import Progress, run_steps
+from blastscope.progress import Progress, progress_bars, run_steps
 
 
 def counting_stage(n: int, cleaned: list[str]):

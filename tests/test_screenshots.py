@@ -12,18 +12,13 @@ import numpy as np
 import pytest
 from qtpy.QtWidgets import QApplication
 
-from widget_cases import (
-    BLAST_BUNDLE,
-    MUTATION_BUNDLE,
-    PLUGIN,
-    choose_bundle,
-    isolate_settings,
-    wait_for,
-)
+from blastscope.pipeline import DEFAULT_BLAST_MODEL, DEFAULT_MUTATION_MODEL
+from widget_cases import PLUGIN, isolate_settings, wait_for
 
 pytestmark = pytest.mark.gui
 
-WINDOW_SIZE = (1500, 950)
+WINDOW_SIZE = (1366, 768)
+"""A common laptop screen: the window and the tabbed dock must fit it."""
 
 
 @pytest.fixture(autouse=True)
@@ -63,15 +58,14 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots,
     shots["segment"] = save(viewer, screenshots, "segment")
 
     dock.setCurrentIndex(1)
-    choose_bundle(dock.classify, BLAST_BUNDLE)
+    assert dock.classify.bundles.combo.value == DEFAULT_BLAST_MODEL  # the product's default
     dock.classify.run()
     wait_for(dock.classify)
     session = dock.classify.session
     shots["classify"] = save(viewer, screenshots, "classify")
 
     dock.setCurrentIndex(2)
-    choose_bundle(dock.mutation, MUTATION_BUNDLE)
-    dock.mutation.min_blasts.value = 10  # one 1024 x 1024 field holds a few dozen blasts
+    assert dock.mutation.bundles.combo.value == DEFAULT_MUTATION_MODEL
     dock.mutation.run()
     wait_for(dock.mutation)
     shots["mutation"] = save(viewer, screenshots, "mutation")
@@ -108,4 +102,5 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots,
     for name, shot in shots.items():
         assert shot.shape[0] >= 600, name
         assert shot.shape[1] >= 1000, name
+        assert shot.shape[0] <= WINDOW_SIZE[1], name  # nothing forced the window taller
         assert shot[..., :3].std() > 20, name

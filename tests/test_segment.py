@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import urllib.error
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import linear_sum_assignment
 
+from blastscope import segment as segment_module
 from blastscope.io import ImageInputError
+from blastscope.models.bundle import BundleError, resolve_bundle_path
 from blastscope.progress import Progress
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import (
+    MAX_RESCALE,
     SegmentationError,
     SegmentationParams,
+    estimate_memory_bytes,
     load_segmenter,
     recompute_masks,
     segment,
@@ -216,9 +223,70 @@ def test_bad_parameters_are_refused_with_the_fix(params, message):
         segment(np.full((64, 64, 3), 200, np.uint8), 0.25, params)
 
 
-def test_bad_pixel_size_is_refused():
-    with pytest.raises(SegmentationError, match="pixel_size_um must be a positive number"):
-        segment(np.full((64, 64, 3), 200, np.uint8), -0.2)
+@pytest.mark.parametrize("pixel_size", [-0.2, 10.0, 1e9, "abc"])
+def test_bad_pixel_size_is_refused(pixel_size):
+    with pytest.raises(
+        ImageInputError, match=r"pixel_size_um must be a number between 0\.02 and 5"
+    ):
+        segment(np.full((64, 64, 3), 200, np.uint8), pixel_size)
+
+
+def test_a_bundle_with_an_impossible_pixel_size_is_refused(tmp_path):
+    bundle = tmp_path / "odd-units"
+    shutil.copytree(resolve_bundle_path("smear-cellpose"), bundle)
+    metadata = json.loads((bundle / "bundle.json").read_text())
+    metadata["architecture"]["default_pixel_size_um"] = 80.0  # nm written as µm
+    (bundle / "bundle.json").write_text(json.dumps(metadata))
+    with pytest.raises(BundleError, match=r"odd-units.*default_pixel_size_um"):
+        load_segmenter(str(bundle), "cpu")
+
+
+def test_a_coarse_pixel_size_caps_the_enlargement_and_says_so(small_field):
+    """At 5 µm per pixel the shipped model's 7.2-µm cells are 1.4 pixels across: Cellpose would
+    enlarge the image 17x to its 24-pixel cells; the enlargement stops at MAX_RESCALE."""
+    params = SegmentationParams(device="cpu")
+    backend = load_segmenter(params.model, "cpu")
+    diameters = []
+    original = backend.network_output_steps
+
+    def recorded(channels, diameter_px, batch_size):
+        diameters.append(diameter_px)
+        return original(channels, diameter_px, batch_size)
+
+    backend.network_output_steps = recorded  # every network pass goes through it
+    try:
+        result = segment(small_field.image[:96, :96], 5.0, params)
+    finally:
+        del backend.network_output_steps
+    assert diameters
+    assert max(backend.diam_mean / diameter for diameter in diameters) <= MAX_RESCALE + 1e-9
+    assert result.diameter_px == pytest.approx(backend.diameter_um / 5.0)
+    assert any("enlarged" in notice and "--pixel-size" in notice for notice in result.notices)
+
+
+def test_the_memory_estimate_grows_with_the_field_and_the_enlargement():
+    one = estimate_memory_bytes((1024, 1024), rescale=1.0, tile_size=1024, halo_px=0)
+    assert estimate_memory_bytes((4096, 4096), 1.0, tile_size=1024, halo_px=0) > 4 * one
+    assert estimate_memory_bytes((1024, 1024), 4.0, tile_size=1024, halo_px=0) > 6 * one
+    # issue 9: 10 µm per pixel enlarged a 1024 x 1024 field ~33x and passed 9.4 GB
+    assert estimate_memory_bytes((1024, 1024), 33.0, tile_size=1024, halo_px=0) > 9.4e9
+
+
+def test_a_run_too_large_for_the_memory_is_refused_before_the_network(monkeypatch):
+    monkeypatch.setattr(segment_module, "available_memory_bytes", lambda: 256 * 2**20)
+    backend = load_segmenter(SegmentationParams().model, "cpu")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network ran on a field that cannot fit in memory")
+
+    monkeypatch.setattr(backend, "network_output_steps", no_network)
+    image = np.full((4096, 4096, 3), 200, np.uint8)
+    with pytest.raises(SegmentationError, match=r"needs about [\d.]+ GB of memory") as raised:
+        segment(image, 0.25, SegmentationParams(device="cpu"))
+    message = str(raised.value)
+    assert "0.3 GB" in message
+    for fix in ("region", "smaller field", "tile_size", "--pixel-size"):
+        assert fix in message
 
 
 @pytest.fixture(scope="module")
@@ -258,12 +326,22 @@ def test_a_stack_and_an_empty_image_are_refused_with_the_fix():
         segment(np.zeros((64, 64, 3), np.uint8), 0.25)
 
 
-def test_an_image_without_cells_gives_empty_labels():
+def test_an_image_without_cells_gives_empty_labels_and_no_cellpose_noise(caplog, capfd):
     rng = np.random.default_rng(0)
     blank = np.clip(rng.normal((226, 222, 232), 2.0, (256, 256, 3)), 0, 255).astype(np.uint8)
-    result = segment(blank, 0.25, SegmentationParams(device="cpu"))
+    with caplog.at_level("DEBUG"):
+        result = segment(blank, 0.25, SegmentationParams(device="cpu"))
     assert result.labels.shape == (256, 256)
     assert result.labels.max() == 0
+
+    # Cellpose logs "no seeds found" for every pass without a cell (here a trial pass of the
+    # diameter estimate on a field that has cells); it does not reach the user
+    field = generate_field(90_002, "default", shape=(512, 512), pixel_size_um=0.25)
+    with caplog.at_level("DEBUG"):
+        found = segment(field.image, None, SegmentationParams(device="cpu"))
+    assert found.labels.max() > 100
+    assert "no seeds" not in caplog.text
+    assert "no seeds" not in capfd.readouterr().err
 
 
 def test_without_a_pixel_size_the_diameter_and_the_pixel_size_are_estimated(small_field):
@@ -283,20 +361,53 @@ def test_an_estimate_that_agrees_with_its_trial_reuses_the_trial_pass(bccd_field
     params = SegmentationParams(device="cpu", nucleated_model=None)
     backend = load_segmenter(params.model, "cpu")
     calls = []
-    original = backend.network_outputs
+    original = backend.network_output_steps
 
     def counted(*args, **kwargs):
         calls.append(args[0].shape)
         return original(*args, **kwargs)
 
-    backend.network_outputs = counted
+    backend.network_output_steps = counted  # every network pass goes through it
     try:
         known = segment(image, BCCD_PIXEL_SIZE_UM, params)
         passes_known = len(calls)
         estimated = segment(image, None, params)
     finally:
-        del backend.network_outputs
+        del backend.network_output_steps
     assert passes_known == 1
     assert len(calls) - passes_known == 1
     assert estimated.diameter_px == pytest.approx(known.diameter_px)
     np.testing.assert_array_equal(estimated.labels, known.labels)
+
+
+def test_a_segmenter_retrained_into_the_same_folder_is_loaded_afresh(tmp_path):
+    from blastscope.models.bundle import load_bundle, save_bundle
+
+    shipped = load_bundle("smear-cellpose", kind="segmenter")
+    folder = tmp_path / "my-segmenter"
+    save_bundle(folder, shipped.state_dict, shipped.metadata)
+    first = load_segmenter(str(folder), "cpu")
+    assert load_segmenter(str(folder), "cpu") is first  # cached while the weights are the same
+    retrained = {key: value * 0.5 for key, value in shipped.state_dict.items()}
+    save_bundle(folder, retrained, shipped.metadata, overwrite=True)  # "retrained" in place
+    second = load_segmenter(str(folder), "cpu")
+    assert second is not first
+    weights = dict(second.net.state_dict())
+    key = next(iter(retrained))
+    assert torch.equal(weights[key].cpu(), retrained[key])
+
+
+def test_cancel_stops_between_network_batches_inside_a_tile(large_field, counted_network):
+    """A 1024 x 1024 tile is many network batches: the stage yields after each, so a Cancel
+    (closing the generator) does not wait for the rest of the tile nor its masks."""
+    params = SegmentationParams(batch_size=2)
+    steps = segment_steps(large_field.image, large_field.pixel_size_um, params)
+    first = next(steps)
+    assert "tile 1 of 4: network 1/" in first.message
+    batches = int(first.message.rsplit("/", 1)[1])
+    assert batches > 4
+    assert counted_network.calls == 1
+    steps.close()
+    assert counted_network.calls == 1
+    events = list(segment_steps(large_field.image[:512, :512], large_field.pixel_size_um, params))
+    assert any(event.message.endswith(": masks") for event in events)

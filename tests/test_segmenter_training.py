@@ -15,7 +15,7 @@ from blastscope.models.bundle import load_bundle
 from blastscope.segment import SHIPPED_SEGMENTER, load_segmenter
 from blastscope.train.bccd_masks import derive_masks, read_fields
 from blastscope.train.boxes import box_iou, mask_box, wbc_box_matches, wbc_recall_summary
-from blastscope.train.segmenter import augment_stain, weighted_cellpose_loss
+from blastscope.train.segmenter_fit import augment_stain, weighted_cellpose_loss
 
 BCCD_DIR = Path(__file__).parent / "data" / "bccd"
 

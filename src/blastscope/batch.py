@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from blastscope.errors import BlastscopeError
 from blastscope.export import (
     ALL_FORMATS,
     DEFAULT_FORMATS,
@@ -41,17 +42,16 @@ from blastscope.export._atomic import (
     AtomicFiles,
     OutputExistsError,
     check_writable,
-    dumps_json,
-    jsonable,
     remove_stale_temporaries,
 )
 from blastscope.export._spreadsheet import escape_text_columns
 from blastscope.export.report import report_plot_paths
 from blastscope.export.tables import sidecar_path
 from blastscope.io import ImageInputError, file_sha256, read_field
+from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
-from blastscope.slide_call import SlideCall, call_slide
+from blastscope.slide_call import SlideCall
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MARKER_NAME = "slide.json"
@@ -259,7 +259,7 @@ def settings_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-class SlideRecordError(ValueError):
+class SlideRecordError(BlastscopeError):
     """A ``slide.json`` that cannot be used; the message says what is wrong with it."""
 
 
@@ -578,14 +578,7 @@ def slide_steps(
         notes.append(f"removed {obsolete} file(s) of the earlier run that no longer belong")
     slide_call = None
     if classes is not None:
-        call_settings = config.slide_call
-        slide_call = call_slide(
-            tables,
-            classes,
-            pooling=call_settings.pooling,
-            min_blasts=call_settings.min_blasts,
-            min_probability=call_settings.min_probability,
-        )
+        slide_call = config.slide_call.call(tables, classes)
     cells = pd.concat(tables, ignore_index=True)
     counts = {
         "cells": len(cells),

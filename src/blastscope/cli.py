@@ -1,39 +1,117 @@
-"""The ``blastscope`` command line: demo, run, batch, train, evaluate, models.
+"""The ``blastscope`` command line: demo, run, batch, train, evaluate, crossval, models.
 
-Each command lives in a function ``_cmd_<name>(args) -> int``; the training subcommands and
-``evaluate`` are registered by their modules through ``add_arguments(parser)`` and
-``run(args) -> int``.
+Each command lives in a function ``_cmd_<name>(args) -> int``; the training subcommands,
+``evaluate`` and ``crossval`` are registered by their modules through ``add_arguments(parser)``
+and ``run(args) -> int``, imported only when that command is used (:class:`_DeferredParser`).
+Building the parser imports no heavy module (torch, cellpose, pandas, the pipeline), so
+``blastscope --help`` is quick, and every option value is checked as it is parsed (the
+``_check_*`` argparse types), before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from blastscope import __version__
-from blastscope.progress import Progress
+from blastscope.errors import BlastscopeError
+from blastscope.io import PIXEL_SIZE_RANGE_UM, ImageInputError, check_pixel_size
+from blastscope.progress import progress_bars
+
+# The pipeline's defaults, repeated here so that building the parser imports none of the
+# modules that define them; tests/test_cli.py checks that they agree.
+SHIPPED_SEGMENTER = "smear-cellpose"  # blastscope.segment
+DEFAULT_BLAST_MODEL = "blast-smear"  # blastscope.pipeline
+DEFAULT_MUTATION_MODEL = "mutation-demo"  # blastscope.pipeline
+DEFAULT_MIN_BLASTS = 20  # blastscope.slide_call
+DEFAULT_MIN_PROBABILITY = 0.40  # blastscope.slide_call
+POOLINGS = ("mean", "geometric")  # blastscope.slide_call
+DEFAULT_BATCH_SIZE = 256  # blastscope.predict
+DEFAULT_TILE_SIZE = 1024  # blastscope.segment.SegmentationParams
+MIN_TILE_SIZE = 256  # blastscope.segment.SegmentationParams.validate
+ALL_FORMATS = ("geojson", "csv", "parquet", "labels", "overlay", "report")  # blastscope.export
+DEFAULT_FORMATS = ("geojson", "csv", "labels", "overlay", "report")  # blastscope.export
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # blastscope.devices
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Ends every option's help with its default ("(default: off)" for a flag, "(required)"
+    for a required option) unless the help names it already."""
+
+    def __init__(self, prog: str, **kwargs) -> None:
+        kwargs.setdefault("max_help_position", 40)
+        super().__init__(prog, **kwargs)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default is argparse.SUPPRESS
+            or "default" in text.lower()
+        ):
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if action.nargs == 0 and action.default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+class _DeferredParser(argparse.ArgumentParser):
+    """A parser whose options ``module`` adds (``add_arguments``, ``run`` as the handler) the
+    first time it parses or prints its help, so that building the whole command line imports
+    none of the command modules. ``module=None`` is a plain parser."""
+
+    def __init__(self, *args, module: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._module = module
+
+    def _load(self) -> None:
+        if self._module is None:
+            return
+        module = importlib.import_module(self._module)
+        self._module = None
+        if self.description is None and module.__doc__:
+            self.description = module.__doc__.split("\n\n")[1]
+        module.add_arguments(self)
+        self.set_defaults(handler=module.run)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._load()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._load()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command."""
+    """The argument parser of every command (imports no command module; see the module text)."""
     parser = argparse.ArgumentParser(
         prog="blastscope",
         description="Blast detection and AML mutation prediction on stained smears.",
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"blastscope {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_DeferredParser
+    )
 
     demo = commands.add_parser(
         "demo",
         help="run the pipeline on the shipped sample fields and write the results",
         description="Run the whole pipeline on the shipped samples (a synthetic marrow smear and "
         "a real BCCD blood field) with the shipped demonstration models.",
+        formatter_class=_HelpFormatter,
     )
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    demo.add_argument(
+        "--device", type=_check_device, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     run = commands.add_parser(
@@ -41,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="analyse one image (or a folder of fields of one slide) and export everything",
         description="Segment, classify and call one slide; write the GeoJSON, tables, labels, "
         "overlay, report and run.json into OUT/<slide>/.",
+        formatter_class=_HelpFormatter,
     )
     run.add_argument("image", type=Path, help="an image file, or a folder of one slide's fields")
     _add_pipeline_arguments(run)
@@ -56,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "images is one slide whose fields are pooled into one call. Slides finished by an "
         "earlier run are skipped unless --force; a failing slide is reported and the others go "
         "on. Writes OUT/summary.csv with one row per slide.",
+        formatter_class=_HelpFormatter,
     )
     batch.add_argument("source", help="a folder, or a quoted glob pattern such as 'scans/*.tif'")
     _add_pipeline_arguments(batch)
@@ -64,27 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.set_defaults(handler=_cmd_batch)
 
-    from blastscope.train import assess
-
-    evaluate = commands.add_parser(
-        "evaluate", help=assess.HELP, description=assess.__doc__.split("\n\n")[1]
-    )
-    assess.add_arguments(evaluate)
-    evaluate.set_defaults(handler=assess.run)
-
-    from blastscope.train import crossval_command
-
-    crossval = commands.add_parser(
-        "crossval",
-        help=crossval_command.HELP,
-        description=crossval_command.__doc__.split("\n\n")[1],
-    )
-    crossval_command.add_arguments(crossval)
+    for name, module, help_text in _MODULE_COMMANDS:
+        commands.add_parser(name, help=help_text, module=module, formatter_class=_HelpFormatter)
 
     models = commands.add_parser("models", help="the model bundles blastscope can use")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     listing = model_commands.add_parser(
-        "list", help="list shipped bundles (and those in --dir) with their provenance"
+        "list",
+        help="list shipped bundles (and those in --dir) with their provenance",
+        formatter_class=_HelpFormatter,
     )
     listing.add_argument(
         "--dir", type=Path, action="append", default=[], help="a folder of your own bundles"
@@ -94,13 +162,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the models that blastscope ships")
     trainers = train.add_subparsers(dest="trainer", required=True, metavar="MODEL")
-    for name, module_name, help_text in _TRAINERS:
-        module = __import__(module_name, fromlist=["add_arguments", "run"])
-        sub = trainers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(sub)
-        sub.set_defaults(handler=module.run)
+    for name, module, help_text in _TRAINERS:
+        trainers.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            module=module,
+            formatter_class=_HelpFormatter,
+        )
     return parser
 
+
+# (command, module with add_arguments/run, help); the module loads when the command is used
+_MODULE_COMMANDS: list[tuple[str, str, str]] = [
+    (
+        "evaluate",
+        "blastscope.train.assess",
+        "score a trained blast or mutation bundle on held-out cells and write its report",
+    ),
+    (
+        "crossval",
+        "blastscope.train.crossval_command",
+        "patient-grouped cross-validation of the blast or mutation model on a real cohort",
+    ),
+]
 
 # (subcommand, module with add_arguments/run, help)
 _TRAINERS: list[tuple[str, str, str]] = [
@@ -115,34 +200,141 @@ _TRAINERS: list[tuple[str, str, str]] = [
 ]
 
 
-def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
-    from blastscope.export import ALL_FORMATS, DEFAULT_FORMATS
-    from blastscope.pipeline import DEFAULT_BLAST_MODEL, DEFAULT_MUTATION_MODEL
-    from blastscope.segment import SHIPPED_SEGMENTER
-    from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, POOLINGS
+def _check_fraction(text: str) -> float:
+    """argparse type: a number from 0 to 1 (a probability or threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number; give one between 0 and 1"
+        ) from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
 
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+
+def _whole_number(least: int) -> Callable[[str], int]:
+    """argparse type: a whole number of at least ``least``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; give one of at least {least}"
+            ) from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return check
+
+
+def _check_pixel_size(text: str) -> float:
+    """argparse type: µm per pixel within :data:`blastscope.io.PIXEL_SIZE_RANGE_UM`."""
+    try:
+        return check_pixel_size(text, "the pixel size")
+    except ImageInputError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_device(text: str) -> str:
+    """argparse type: auto, cpu, cuda, cuda:N or mps (whether it exists is checked later)."""
+    name = text.strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_CHOICES or (index and not (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(
+            f"unknown device {text!r}: choose one of auto, cpu, cuda, cuda:N or mps"
+        )
+    return name
+
+
+def _check_formats(text: str) -> str:
+    """argparse type: comma-separated export formats, each one of :data:`ALL_FORMATS`."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALL_FORMATS]
+    if unknown or not names:
+        wrong = f"unknown format {unknown[0]!r}" if unknown else "no format given"
+        raise argparse.ArgumentTypeError(f"{wrong}; choose from {', '.join(ALL_FORMATS)}")
+    return ",".join(names)
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    low, high = PIXEL_SIZE_RANGE_UM
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--segmenter",
         default=SHIPPED_SEGMENTER,
+        metavar="MODEL",
         help="shipped segmenter, Cellpose model name (e.g. cyto3) or model file",
     )
-    parser.add_argument("--blast-model", default=DEFAULT_BLAST_MODEL, help="bundle name or folder")
     parser.add_argument(
-        "--mutation-model", default=DEFAULT_MUTATION_MODEL, help="bundle name or folder"
+        "--blast-model", default=DEFAULT_BLAST_MODEL, metavar="BUNDLE", help="bundle name or folder"
     )
     parser.add_argument(
-        "--threshold", type=float, default=None, help="blast threshold (default: the bundle's)"
+        "--mutation-model",
+        default=DEFAULT_MUTATION_MODEL,
+        metavar="BUNDLE",
+        help="bundle name or folder",
     )
-    parser.add_argument("--pixel-size", type=float, default=None, help="µm per pixel")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=int, default=256, help="cells per network batch")
-    parser.add_argument("--min-blasts", type=int, default=DEFAULT_MIN_BLASTS)
-    parser.add_argument("--min-probability", type=float, default=DEFAULT_MIN_PROBABILITY)
-    parser.add_argument("--pooling", choices=POOLINGS, default="mean")
+    parser.add_argument(
+        "--threshold",
+        type=_check_fraction,
+        default=None,
+        metavar="P",
+        help="blast threshold on p_blast, 0-1 (default: the bundle's own)",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=_check_pixel_size,
+        default=None,
+        metavar="UM",
+        help=f"µm per pixel, {low:g}-{high:g} (default: from the file's metadata, else estimated "
+        "from the cell size)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=_whole_number(MIN_TILE_SIZE),
+        default=DEFAULT_TILE_SIZE,
+        metavar="PX",
+        help=f"segment larger fields in tiles of at most this many pixels a side (at least "
+        f"{MIN_TILE_SIZE}); smaller tiles need less memory",
+    )
+    parser.add_argument(
+        "--device", type=_check_device, default="auto", help="auto, cpu, cuda, cuda:N or mps"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_whole_number(1),
+        default=DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help="cells per network batch",
+    )
+    parser.add_argument(
+        "--min-blasts",
+        type=_whole_number(0),
+        default=DEFAULT_MIN_BLASTS,
+        metavar="N",
+        help="fewest blasts for a slide call (fewer: no call)",
+    )
+    parser.add_argument(
+        "--min-probability",
+        type=_check_fraction,
+        default=DEFAULT_MIN_PROBABILITY,
+        metavar="P",
+        help="lowest pooled probability of the top class for a slide call, 0-1",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="how the blasts' mutation probabilities are pooled into the slide call",
+    )
     parser.add_argument(
         "--formats",
+        type=_check_formats,
         default=",".join(DEFAULT_FORMATS),
+        metavar="LIST",
         help=f"comma-separated, from {', '.join(ALL_FORMATS)}",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -153,7 +345,9 @@ def _pipeline_config(args: argparse.Namespace):
     from blastscope.segment import SegmentationParams
 
     config = PipelineConfig(
-        segmentation=SegmentationParams(model=args.segmenter, device=args.device),
+        segmentation=SegmentationParams(
+            model=args.segmenter, device=args.device, tile_size=args.tile_size
+        ),
         blast_model=args.blast_model,
         mutation_model=args.mutation_model,
         blast_threshold=args.threshold,
@@ -169,30 +363,30 @@ def _formats(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _report(outcomes, args: argparse.Namespace) -> int:
-    """Print each slide's outcome (or JSON with --json); 1 when any slide failed."""
+    """Print each slide's outcome (or JSON with --json) and its notes and errors (on stderr);
+    1 when any slide failed."""
     import json
+
+    from blastscope.jsonable import jsonable
 
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if args.json:
         rows = [outcome.summary_row() for outcome in outcomes]
-        print(json.dumps({"slides": rows, "failed": len(failed)}, indent=2, default=_json_value))
+        report = {"slides": rows, "failed": len(failed)}
+        print(json.dumps(jsonable(report, "the summary"), indent=2))
     else:
         for outcome in outcomes:
             print(_describe(outcome))
+    for outcome in outcomes:
+        for note in outcome.notes:
+            print(f"note: {outcome.slide.slide_id}: {note}", file=sys.stderr)
     for outcome in failed:
         print(f"error: {outcome.slide.slide_id}: {outcome.error}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def _json_value(value):
-    import math
-
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return str(value)
-
-
 def _describe(outcome) -> str:
+    """One line per slide: status, counts and the slide call."""
     slide_id, status = outcome.slide.slide_id, outcome.status
     if status == "failed":
         return f"{slide_id}: FAILED"
@@ -213,15 +407,10 @@ def _describe(outcome) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from blastscope.batch import Slide, find_slides, slide_steps
+    from blastscope.batch import find_slide, slide_steps
     from blastscope.progress import run_steps
 
-    if args.image.is_dir():
-        slides = find_slides(args.image)
-        fields = tuple(path for slide in slides for path in slide.fields)
-        slide = Slide(args.image.name, fields)
-    else:
-        (slide,) = find_slides(args.image)
+    slide = find_slide(args.image)
     steps = slide_steps(
         slide,
         args.out,
@@ -229,6 +418,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pixel_size_um=args.pixel_size,
         formats=_formats(args),
         overwrite=args.overwrite,
+        flag="--overwrite",
     )
     outcome = run_steps(steps, progress_bars())
     code = _report([outcome], args)
@@ -249,6 +439,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         pixel_size_um=args.pixel_size,
         formats=_formats(args),
         force=args.force,
+        flag="--force",
     )
     outcomes = run_steps(steps, progress_bars())
     code = _report(outcomes, args)
@@ -260,17 +451,14 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 def _cmd_models_list(args: argparse.Namespace) -> int:
     import json
 
-    from blastscope.models import read_metadata, shipped_bundles
+    from blastscope.jsonable import jsonable
+    from blastscope.models import bundles_in, read_metadata, shipped_bundles
 
     entries = [(name, path, "shipped") for name, path in shipped_bundles().items()]
     for folder in args.dir:
         if not folder.is_dir():
             raise FileNotFoundError(f"No folder at {folder}: give a folder of bundles to --dir.")
-        entries += [
-            (path.name, path, str(folder))
-            for path in sorted(folder.iterdir())
-            if (path / "bundle.json").is_file()
-        ]
+        entries += [(name, path, str(folder)) for name, path in bundles_in(folder).items()]
     rows = []
     for name, path, source in entries:
         metadata = read_metadata(path)
@@ -290,7 +478,7 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(jsonable(rows, "the bundle list"), indent=2))
         return 0
     for row in rows:
         demo = " (demonstration model, not for diagnosis)" if row["demo"] else ""
@@ -329,52 +517,6 @@ def _describe_dataset(dataset: dict) -> str:
             f"{split.get('val_cells')} / {split.get('test_cells')} cells"
         )
     return "; ".join(words)
-
-
-def progress_bars(stream=None) -> Callable[[Progress], None]:
-    """A Progress handler that keeps one tqdm line per stage on ``stream`` (stderr).
-
-    Where the stream is not a terminal (a log file, CI) it prints a plain line per stage at each
-    tenth of the way and at the end instead of redrawing bars.
-    """
-    from tqdm import tqdm
-
-    out = stream or sys.stderr
-    if not getattr(out, "isatty", lambda: False)():
-        tenths: dict[str, int] = {}
-
-        def log(event: Progress) -> None:
-            tenth = 10 * event.done // max(event.total, 1)
-            finished = event.done >= event.total
-            if finished or tenth > tenths.get(event.stage, 0):
-                note = f" ({event.message})" if event.message else ""
-                print(f"{event.stage}: {event.done}/{event.total}{note}", file=out, flush=True)
-            # a finished stage starts from zero when it runs again (the next slide of a batch)
-            tenths[event.stage] = 0 if finished else tenth
-
-        return log
-
-    bars: dict[str, tqdm] = {}
-    layout = "{desc}: {percentage:3.0f}%|{bar:30}| {n}/{total} {postfix}"
-
-    def show(event: Progress) -> None:
-        bar = bars.get(event.stage)
-        if bar is None:
-            bar = bars[event.stage] = tqdm(
-                total=event.total,
-                desc=event.stage,
-                position=len(bars),
-                leave=False,
-                bar_format=layout,
-                file=out,
-            )
-        if bar.total != event.total:
-            bar.reset(total=event.total)
-        bar.n = event.done
-        bar.set_postfix_str(event.message, refresh=False)
-        bar.refresh()
-
-    return show
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -418,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as error:
+    except (BlastscopeError, ValueError, OSError) as error:
+        # BlastscopeError: every error blastscope raises on purpose (a ValueError, named here
+        # for the reader); other ValueErrors and OSErrors: e.g. a file a library cannot read.
         print(f"error: {error}", file=sys.stderr)
         return 1
 

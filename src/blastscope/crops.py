@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from blastscope.devices import resolve_device
+from blastscope.errors import BlastscopeError
 
 DEFAULT_CHUNK_SIZE = 1024
 _MAX_MEDIAN_SAMPLES = 250_000
@@ -42,7 +43,7 @@ _MAX_MEDIAN_SAMPLES = 250_000
 Fill = str | Sequence[float]
 
 
-class CropError(ValueError):
+class CropError(BlastscopeError):
     """Crop parameters or inputs that cannot be used; the message says what to change."""
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from blastscope.errors import BlastscopeError
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
-class DeviceError(ValueError):
+class DeviceError(BlastscopeError):
     """A device was asked for that this machine does not have."""
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from blastscope.errors import BlastscopeError
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import Classifier
 from blastscope.pipeline import SlideCallSettings, as_classifier, recall_slide, sort_cells_steps
@@ -30,7 +31,7 @@ from blastscope.result import SlideResult
 from blastscope.segment import SegmentationParams
 
 
-class EditError(ValueError):
+class EditError(BlastscopeError):
     """Edited labels that cannot be re-classified; the message says what to change."""
 
 

@@ -3,6 +3,13 @@
 Everything that enters the pipeline passes :func:`to_rgb_uint8`, which converts what it safely
 can (grayscale, RGBA, channel-first, 16-bit, float) and says so in a notice, and refuses the rest
 with an :class:`ImageInputError` that names the problem and the fix.
+
+Pixel sizes (µm per pixel) pass :func:`check_pixel_size`, wherever they come from (the CLI, the
+Python API, the segmenter): one range, :data:`PIXEL_SIZE_RANGE_UM`, for what a light microscope
+produces. A pixel size read from a file's metadata that falls outside it is ignored with a notice
+(the file still opens, and the pipeline estimates the pixel size from the cell size): such values
+come from a wrong unit in the metadata or a scanner's placeholder, not from the slide, and a user
+expects the field to open; the notice names ``--pixel-size`` to give the right value.
 """
 
 from __future__ import annotations
@@ -15,8 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from blastscope.errors import BlastscopeError
+
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs")
 MIN_SIDE_PX = 16
+PIXEL_SIZE_RANGE_UM = (0.02, 5.0)
+"""µm per pixel a light microscope can produce: about 0.03 with a 100x oil objective on a camera
+of small pixels (0.02 leaves room for super-sampled scans) to about 3-5 with a 2x objective."""
+ACCEPTED_SHAPES = "(Y, X) grey, (Y, X, 3) RGB or (Y, X, 4) RGBA (channels last, or first)"
 
 _UNIT_TO_UM = {
     "m": 1e6,
@@ -32,8 +45,41 @@ _UNIT_TO_UM = {
 }
 
 
-class ImageInputError(ValueError):
+class ImageInputError(BlastscopeError):
     """An image the pipeline cannot analyse; the message says why and what to do."""
+
+
+def check_pixel_size(value: float | str, name: str = "pixel_size_um") -> float:
+    """``value`` (µm per pixel; a number or a numeric string such as ``"0.25"``) as a float.
+
+    Raises :class:`ImageInputError`, naming ``name``, for anything that is not a number or lies
+    outside :data:`PIXEL_SIZE_RANGE_UM` (with a hint when the value looks like nm or mm).
+    """
+    low, high = PIXEL_SIZE_RANGE_UM
+    expected = (
+        f"{name} must be a number between {low:g} and {high:g} µm per pixel (what a light "
+        "microscope gives, for example 0.25 for a 40x scan, 0.1 for a 100x oil objective)"
+    )
+    number = None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    ):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None:
+        raise ImageInputError(f"{expected}; got {value!r}, which is not a number.")
+    if not (np.isfinite(number) and low <= number <= high):
+        hint = ""
+        if 1e3 * low <= number <= 1e3 * high:
+            hint = f" If it is in nanometres, give {number / 1e3:g}."
+        elif 1e-3 * low <= number <= 1e-3 * high:
+            hint = f" If it is in millimetres, give {number * 1e3:g}."
+        raise ImageInputError(f"{expected}; got {number:g}.{hint}")
+    return number
 
 
 @dataclass
@@ -92,9 +138,15 @@ def _to_yxc(array: np.ndarray, notices: list[str]) -> np.ndarray:
         return _to_yxc(np.moveaxis(array, 0, -1), notices)
     if array.ndim == 3 and array.shape[-1] == 1:
         return _to_yxc(array[..., 0], notices)
+    if array.ndim == 3 and array.shape[-1] < min(array.shape[:2]):
+        raise ImageInputError(
+            f"Got an image of shape {array.shape}, a field with {array.shape[-1]} channels. "
+            f"blastscope accepts {ACCEPTED_SHAPES}. Save the field as an RGB image (for "
+            "separate stain channels, combine them into RGB first)."
+        )
     raise ImageInputError(
         f"Got an array of shape {array.shape}, which looks like a stack, not one field. "
-        "blastscope analyses one 2-D RGB field (Y, X, 3): pick one plane (for example "
+        f"blastscope analyses one 2-D field, {ACCEPTED_SHAPES}: pick one plane (for example "
         "image[0]) or save the field as an RGB image."
     )
 
@@ -140,17 +192,26 @@ def file_sha256(path: str | Path) -> str:
 def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
     """Read an image file as an RGB field.
 
-    The pixel size comes from ``pixel_size_um`` when given (a notice says so when the file's
-    metadata disagrees), else from the file's metadata (OME, ImageJ or TIFF resolution tags),
-    else it stays ``None`` and later stages use the model's default.
+    The pixel size comes from ``pixel_size_um`` when given (µm per pixel, checked by
+    :func:`check_pixel_size`; a notice says so when the file's metadata disagrees), else from
+    the file's metadata (OME, ImageJ or TIFF resolution tags), else it stays ``None`` and later
+    stages estimate it. A metadata pixel size outside :data:`PIXEL_SIZE_RANGE_UM` is ignored
+    with a notice (it stays ``None``) rather than refused. A TIFF of several pages or series is
+    read as its first, with a notice that says how many there are.
     """
     path = Path(path)
+    if pixel_size_um is not None:
+        pixel_size_um = check_pixel_size(pixel_size_um)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}: check the path.")
-    file_pixel_size = None
+    if path.stat().st_size == 0:
+        raise ImageInputError(
+            f"Could not read {path.name}: the file is empty (0 bytes). Copy or export it again."
+        )
+    file_pixel_size, read_notices = None, []
     try:
         if path.name.lower().endswith(TIFF_SUFFIXES):
-            raw, file_pixel_size = _read_tiff(path)
+            raw, file_pixel_size, read_notices = _read_tiff(path)
         else:
             import imageio.v3 as iio
 
@@ -159,12 +220,26 @@ def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
         raise
     except Exception as error:
         raise ImageInputError(
-            f"Could not read {path.name} as an image ({type(error).__name__}: {error}). "
-            "Check that the file is a complete TIFF, PNG or JPEG."
+            f"Could not read {path.name}: the file is damaged or is not a "
+            f"{path.suffix.lstrip('.').upper() or 'image'} file ({_reason(error)}). Check that "
+            "it was copied completely and opens in an image viewer; blastscope reads TIFF, PNG "
+            "and JPEG."
         ) from error
     image, notices = to_rgb_uint8(raw)
+    notices[:0] = read_notices
+    if file_pixel_size is not None and pixel_size_um is None:
+        try:
+            check_pixel_size(file_pixel_size)
+        except ImageInputError:
+            low, high = PIXEL_SIZE_RANGE_UM
+            notices.append(
+                f"Ignored the file's pixel size of {file_pixel_size:g} µm per pixel: it is "
+                f"outside the {low:g}-{high:g} µm a light microscope gives (a wrong unit in the "
+                "metadata?). The pixel size will be estimated from the cell size; give the "
+                "right one with --pixel-size (pixel_size_um in Python)."
+            )
+            file_pixel_size = None
     if pixel_size_um is not None:
-        _check_pixel_size(pixel_size_um)
         disagrees = file_pixel_size is not None and not np.isclose(
             pixel_size_um, file_pixel_size, rtol=0.01
         )
@@ -178,20 +253,43 @@ def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
     return Field(image, pixel_size_um, path, file_sha256(path), notices)
 
 
-def _check_pixel_size(pixel_size_um: float) -> None:
-    if not np.isfinite(pixel_size_um) or not 0.01 <= pixel_size_um <= 10.0:
-        raise ImageInputError(
-            f"Pixel size {pixel_size_um} µm is outside 0.01-10 µm per pixel; give it in microns "
-            "per pixel (for example 0.25 for a 40x scan)."
-        )
+def _reason(error: Exception) -> str:
+    """The first line of a reader's error; imageio's "no backend" advice becomes plain words."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "Could not find a backend" in text:
+        return "no reader recognised its contents"
+    return text
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, list[str]]:
+    """The first image of a TIFF (its full-resolution level), its pixel size and notices."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        image = tif.series[0].levels[0].asarray()
-        return image, _tiff_pixel_size_um(tif)
+        series = tif.series[0]
+        image = series.levels[0].asarray()
+        pages = _leading_pages(series.axes, image.shape)
+        count = int(np.prod(image.shape[:pages])) + len(tif.series) - 1
+        if pages:
+            image = image[(0,) * pages]
+        notices = []
+        if count > 1:
+            field_axes = series.axes[pages:] if len(series.axes) == series.ndim else ""
+            size = ""
+            if "Y" in field_axes and "X" in field_axes:
+                height, width = (image.shape[field_axes.index(axis)] for axis in "YX")
+                size = f", {height} x {width} pixels"
+            notices.append(
+                f"{path.name} holds {count} images (pages or series); analysing the first "
+                f"(image 1 of {count}{size}). Save another as its own file to analyse it."
+            )
+        return image, _tiff_pixel_size_um(tif), notices
+
+
+def _leading_pages(axes: str, shape: tuple[int, ...]) -> int:
+    """How many leading axes of a TIFF series index pages (not Y, X, channels or samples)."""
+    field_axes = 3 if axes.endswith(("YXS", "CYX", "SYX")) else 2
+    return max(0, len(shape) - field_axes) if len(axes) == len(shape) else 0
 
 
 def _tiff_pixel_size_um(tif) -> float | None:
@@ -227,4 +325,4 @@ def _tiff_pixel_size_um(tif) -> float | None:
         size = 25400.0 / pixels_per_unit
     else:
         return None
-    return size if 0.01 <= size <= 10.0 else None
+    return size

@@ -7,13 +7,15 @@ the same code. ``analyse_steps`` chains the stages; the widgets run them one at 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from blastscope.cells import measure_cells
-from blastscope.io import to_rgb_uint8
+from blastscope.io import check_pixel_size, to_rgb_uint8
 from blastscope.models.classifier import Classifier, load_classifier
 from blastscope.predict import (
     DEFAULT_BATCH_SIZE,
@@ -27,7 +29,12 @@ from blastscope.predict import (
 from blastscope.progress import Progress, Steps, run_steps
 from blastscope.result import SlideResult, software_versions, utc_timestamp
 from blastscope.segment import SegmentationParams, recompute_masks, segment_steps
-from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, call_slide
+from blastscope.slide_call import (
+    DEFAULT_MIN_BLASTS,
+    DEFAULT_MIN_PROBABILITY,
+    SlideCall,
+    call_slide,
+)
 
 DEFAULT_BLAST_MODEL = "blast-smear"
 DEFAULT_MUTATION_MODEL = "mutation-demo"
@@ -40,6 +47,18 @@ class SlideCallSettings:
     pooling: str = "mean"
     min_blasts: int = DEFAULT_MIN_BLASTS
     min_probability: float = DEFAULT_MIN_PROBABILITY
+
+    def call(self, cells, classes: Sequence[str], **options: Any) -> SlideCall:
+        """:func:`~blastscope.slide_call.call_slide` of ``cells`` (one table or a slide's
+        tables) with these settings; ``options`` are its other arguments (``n_bootstrap``...)."""
+        return call_slide(
+            cells,
+            classes,
+            pooling=self.pooling,
+            min_blasts=self.min_blasts,
+            min_probability=self.min_probability,
+            **options,
+        )
 
 
 @dataclass
@@ -105,28 +124,36 @@ def sort_cells_steps(
 
 def segment_stage(
     image: np.ndarray,
-    pixel_size_um: float | None = None,
+    pixel_size_um: float | str | None = None,
     params: SegmentationParams | None = None,
     *,
     input_sha256: str | None = None,
 ) -> Steps[SlideResult]:
     """Segment every cell of ``image`` (Y, X, 3) and measure the cells table.
 
-    ``pixel_size_um`` (µm per pixel) scales the model's cell diameter; ``None`` uses the model's
-    default. Yields ``Progress("segment", ...)`` per tile.
+    ``pixel_size_um`` (µm per pixel; a number or numeric string) scales the model's cell
+    diameter; ``None`` estimates it. A pixel size outside the light-microscope range
+    (:data:`blastscope.io.PIXEL_SIZE_RANGE_UM`) raises :class:`~blastscope.io.ImageInputError`
+    before any work. Yields ``Progress("segment", ...)`` per tile.
     """
+    if pixel_size_um is not None:
+        pixel_size_um = check_pixel_size(pixel_size_um)
     params = params or SegmentationParams()
     rgb, notices = to_rgb_uint8(image)
     segmentation = yield from segment_steps(rgb, pixel_size_um, params)
     cells = yield from sort_cells_steps(
         rgb, segmentation.labels, segmentation.pixel_size_um, params
     )
-    if pixel_size_um is None:
-        notices.append(
-            f"No pixel size given: assumed the segmenter's {segmentation.pixel_size_um:g} µm/px."
-        )
+    # the segmenter's notices: the pixel size it estimated or assumed, a capped enlargement
+    notices.extend(notice for notice in segmentation.notices if notice not in notices)
     if len(cells) == 0:
         notices.append("No cells were found in this image.")
+    elif not cells["is_nucleated"].any():
+        notices.append(
+            f"None of the {len(cells)} objects found is a nucleated cell: this does not look "
+            f"like a stained blood or marrow smear at {segmentation.pixel_size_um:g} µm per "
+            "pixel. Check the image and its pixel size (--pixel-size); no blast can be counted."
+        )
     provenance = {
         "created": utc_timestamp(),
         "software": software_versions(),
@@ -275,17 +302,7 @@ def mutation_stage(
     provenance["mutation"] = {**_bundle_record(classifier), "classes": list(classifier.classes)}
     provenance["slide_call"] = asdict(settings)
     updated = replace(result, cells=cells, provenance=provenance)
-    return replace(updated, slide_call=_call(updated.cells, classifier.classes, settings))
-
-
-def _call(cells, classes, settings: SlideCallSettings):
-    return call_slide(
-        cells,
-        classes,
-        pooling=settings.pooling,
-        min_blasts=settings.min_blasts,
-        min_probability=settings.min_probability,
-    )
+    return replace(updated, slide_call=settings.call(updated.cells, classifier.classes))
 
 
 def rethreshold(
@@ -315,18 +332,23 @@ def recall_slide(result: SlideResult, settings: SlideCallSettings | None = None)
             previous.pooling, previous.min_blasts, previous.min_probability
         )
     provenance = {**result.provenance, "slide_call": asdict(settings)}
-    slide_call = _call(result.cells, result.slide_call.classes, settings)
+    slide_call = settings.call(result.cells, result.slide_call.classes)
     return replace(result, slide_call=slide_call, provenance=provenance)
 
 
 def analyse_steps(
     image: np.ndarray,
-    pixel_size_um: float | None = None,
+    pixel_size_um: float | str | None = None,
     config: PipelineConfig | None = None,
     *,
     input_sha256: str | None = None,
 ) -> Steps[SlideResult]:
-    """Run every stage on one field; yields progress events and returns the result."""
+    """Run every stage on one field; yields progress events and returns the result.
+
+    ``pixel_size_um`` is µm per pixel (a number or numeric string, checked against
+    :data:`blastscope.io.PIXEL_SIZE_RANGE_UM` at the first step, before any model loads) or
+    ``None`` to estimate it from the cell size.
+    """
     config = config or PipelineConfig()
     result = yield from segment_stage(
         image, pixel_size_um, config.segmentation, input_sha256=input_sha256
@@ -357,7 +379,7 @@ def analyse_steps(
 
 def analyse(
     image: np.ndarray,
-    pixel_size_um: float | None = None,
+    pixel_size_um: float | str | None = None,
     config: PipelineConfig | None = None,
     *,
     on_progress=None,

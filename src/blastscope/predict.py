@@ -24,6 +24,7 @@ import torch
 from blastscope.calls import blast_calls, mutation_calls, override_codes, override_column
 from blastscope.crops import CropCutter
 from blastscope.devices import resolve_device
+from blastscope.errors import BlastscopeError
 from blastscope.models.classifier import Classifier
 from blastscope.progress import Progress
 from blastscope.stain import normalise_to_cells
@@ -33,7 +34,7 @@ DEFAULT_BATCH_SIZE = 256
 SCORED_CELLS = ("blasts", "nucleated")
 
 
-class PredictionError(ValueError):
+class PredictionError(BlastscopeError):
     """Inputs the classifiers cannot run on; the message says what to change."""
 
 

@@ -27,11 +27,13 @@ from blastscope.calls import (
     override_codes,
     override_column,
 )
-from blastscope.export._atomic import AtomicFiles, dumps_json
+from blastscope.errors import BlastscopeError
+from blastscope.export._atomic import AtomicFiles
 from blastscope.export.tables import read_cells_table, write_table_files
+from blastscope.jsonable import dumps_json
 from blastscope.pipeline import SlideCallSettings, rethreshold
 from blastscope.result import SlideResult, utc_timestamp
-from blastscope.slide_call import SlideCall, call_slide
+from blastscope.slide_call import SlideCall
 
 REVIEW_FORMAT = "blastscope-review"
 REVIEW_FORMAT_VERSION = 1
@@ -40,7 +42,7 @@ LABELS_FILE = "labels.npz"
 CELLS_FILE = "cells.csv"
 
 
-class ReviewError(ValueError):
+class ReviewError(BlastscopeError):
     """A review action or file that cannot be used; the message says why and what to do."""
 
 
@@ -231,15 +233,7 @@ class Review:
         table = {"is_nucleated": self.nucleated[rows], "is_blast": is_blast[rows]}
         for index, name in enumerate(self.classes):
             table[f"p_{name}"] = self.probabilities[rows, index]
-        settings = self.settings
-        return call_slide(
-            pd.DataFrame(table),
-            self.classes,
-            pooling=settings.pooling,
-            min_blasts=settings.min_blasts,
-            min_probability=settings.min_probability,
-            n_bootstrap=1,
-        )
+        return self.settings.call(pd.DataFrame(table), self.classes, n_bootstrap=1)
 
     def exact(self) -> SlideResult:
         """The full result at the current state (calls, slide call with its interval), with
@@ -337,13 +331,7 @@ def load_review(folder: str | Path) -> Review:
         )
     slide_call = None
     if classes and settings is not None:
-        slide_call = call_slide(
-            cells,
-            classes,
-            pooling=settings.pooling,
-            min_blasts=settings.min_blasts,
-            min_probability=settings.min_probability,
-        )
+        slide_call = settings.call(cells, classes)
     result = SlideResult(
         labels=labels,
         cells=cells,

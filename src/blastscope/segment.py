@@ -16,7 +16,7 @@ Models
 - the path of a Cellpose 3 model file (a ``state_dict`` as written by ``cellpose.train``).
 
 Everything Cellpose-specific lives in :class:`Cellpose3Backend`; another backend (for example
-Cellpose 4) would implement the same three methods (``prepare``, ``network_outputs``,
+Cellpose 4) would implement the same methods (``prepare``, ``network_outputs`` and its steps,
 ``masks``) and be chosen in :func:`load_segmenter`.
 
 Diameter and pixel size
@@ -34,6 +34,19 @@ segmentation (no second pass). The pixel size is then estimated too, ``diameter_
 diameter_px``, so µm measures and classifier crops use the scale the cells show. The result
 records the pixel size it used and where it came from in ``model_info["pixel_size_source"]``.
 
+Pixel sizes pass :func:`blastscope.io.check_pixel_size` (the light-microscope range). The image
+is never enlarged more than :data:`MAX_RESCALE` times for the network: cells smaller than
+``diam_mean / MAX_RESCALE`` pixels are run at that scale with a notice (at 10 µm per pixel the
+enlargement would be 33x, gigabytes for one field, and cells under 6 pixels do not segment
+anyway).
+
+Memory
+------
+Before any array the size of the field is built, :func:`estimate_memory_bytes` estimates the
+run's peak from the field's size, the tile size and the enlargement, and a run that needs more
+than :func:`available_memory_bytes` is refused with the figure and the fixes (a region of the
+field, a smaller field, a smaller ``tile_size``, the right pixel size).
+
 Large images
 ------------
 Images larger than ``tile_size`` are cut into tiles whose cores partition the image, each run with
@@ -49,30 +62,37 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
+import os
 import urllib.error
 import warnings
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-import cv2
 import numpy as np
 import torch
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, relabel_sequential
 
 from blastscope.devices import resolve_device
-from blastscope.io import to_rgb_uint8
+from blastscope.errors import BlastscopeError
+from blastscope.io import ImageInputError, check_pixel_size, to_rgb_uint8
 from blastscope.models.bundle import (
     BundleError,
     load_bundle,
     read_metadata,
     resolve_bundle_path,
+    sha256_of_file,
     shipped_bundles,
 )
 from blastscope.progress import Progress, run_steps
+from blastscope.resample import resize_image, resize_labels
 
 SHIPPED_SEGMENTER = "smear-cellpose"
 SHIPPED_NUCLEATED_MODEL = "smear-nucleated"
@@ -84,17 +104,31 @@ oil objective on a common camera); bundles record their own default."""
 HALO_CELL_DIAMETERS = 3.0
 MAX_CELLPROB_THRESHOLD = 6.0
 MAX_FLOW_THRESHOLD = 3.0
+T = TypeVar("T")
+
 DEFAULT_NITER = 200
 MIN_NORMALIZE_SPAN = 25.0
 """Narrowest intensity span (8-bit levels) that normalisation stretches to 0-1."""
 DIAMETER_CANDIDATES = (1.0, 0.5, 2.0, 0.25, 4.0)
+"""Multiples of the default diameter tried when estimating it (first consistent one wins)."""
 ESTIMATE_NETWORK_PX = 512
 """Side (pixels at the network's scale) of the central crop a diameter trial runs on."""
-"""Multiples of the default diameter tried when estimating it (first consistent one wins)."""
+MAX_RESCALE = 4.0
+"""Largest enlargement of an image for the network (``diam_mean`` / cell diameter in pixels)."""
+IMAGE_BYTES_PER_PX = 48
+"""Peak bytes per field pixel of the whole-field arrays of a run (the RGB field, its channels
+while they are normalised, flows, cell probability, labels): 38 measured on a 4096 x 4096 field
+(peak RSS on CPU), 48 for a margin."""
+NETWORK_BYTES_PER_PX = 96
+"""Peak bytes per pixel of one tile at the network's scale (the enlarged tile, its 224-pixel
+patches, the network's outputs, their average, the outputs resized back): about 90 measured on
+a 1024 x 1024 tile enlarged 4x (1.6 GB; the estimate says 1.7)."""
+MASK_BYTES_PER_PX = 64
+"""Peak bytes per pixel of one tile at the mask scale (following the flows)."""
 ARCHITECTURE_NAME = "cellpose3-cpnet"
 
 
-class SegmentationError(ValueError):
+class SegmentationError(BlastscopeError):
     """Segmentation cannot run as asked; the message says why and what to do."""
 
 
@@ -233,6 +267,11 @@ class SegmenterBackend(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised (Y, X, C) -> flows (2, Y, X) and cell-probability logits (Y, X)."""
 
+    def network_output_steps(
+        self, channels: np.ndarray, diameter_px: float, batch_size: int
+    ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+        """The same, yielding (batches done, batches) between network batches."""
+
 
 class Cellpose3Backend:
     """A Cellpose 3 ``CPnet`` of any widths, run with Cellpose's own tiling and dynamics.
@@ -295,7 +334,20 @@ class Cellpose3Backend:
     def network_outputs(
         self, channels: np.ndarray, diameter_px: float, batch_size: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised (Y, X, C) -> flows (2, Y, X), cell-probability logits (Y, X), float32.
+        """Normalised (Y, X, C) -> flows (2, Y, X), cell-probability logits (Y, X), float32
+        (:meth:`network_output_steps` run to its end)."""
+        steps = self.network_output_steps(channels, diameter_px, batch_size)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    def network_output_steps(
+        self, channels: np.ndarray, diameter_px: float, batch_size: int
+    ) -> Generator[tuple[int, int], None, tuple[np.ndarray, np.ndarray]]:
+        """:meth:`network_outputs` yielding (batches done, batches) after each network batch,
+        so that a caller can stop between batches.
 
         The image is resized by ``diam_mean / diameter_px`` (cells to the network's size), run in
         224-px tiles and the outputs resized back to (Y, X).
@@ -314,12 +366,14 @@ class Cellpose3Backend:
         )
         tiles = tiles.reshape(-1, *tiles.shape[-3:])
         outputs = np.zeros((len(tiles), 3, *tiles.shape[-2:]), np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(tiles), batch_size):
+        n_batches = math.ceil(len(tiles) / batch_size)
+        for index, start in enumerate(range(0, len(tiles), batch_size)):
+            with torch.inference_mode():  # not held across the yield: it is per thread
                 batch = torch.from_numpy(tiles[start : start + batch_size]).to(self.device)
                 batch = batch.contiguous(memory_format=torch.channels_last)
                 prediction = self.net(batch)[0][:, :3]
                 outputs[start : start + batch_size] = prediction.float().cpu().numpy()
+            yield index + 1, n_batches
         averaged = transforms.average_tiles(outputs, ysub, xsub, padded_y, padded_x)
         averaged = averaged[:, ypad1 : ypad1 + resized_shape[0], xpad1 : xpad1 + resized_shape[1]]
         restored = transforms.resize_image(averaged.transpose(1, 2, 0), Ly=height, Lx=width)
@@ -349,7 +403,8 @@ def cellpose3_masks(
     from cellpose import dynamics, metrics
 
     dP = dP.astype(np.float32)
-    with warnings.catch_warnings():
+    seeds_logger = logging.getLogger(dynamics.__name__)
+    with warnings.catch_warnings(), _without(seeds_logger, NO_SEEDS_MESSAGE):
         # torch warns on every sparse tensor Cellpose builds; nothing for a user to act on.
         warnings.filterwarnings("ignore", message="Sparse invariant checks")
         labels = dynamics.resize_and_compute_masks(
@@ -372,6 +427,31 @@ def cellpose3_masks(
             if bad.any():
                 labels = relabel_sequential(np.where(bad[labels], 0, labels))[0]
     return labels
+
+
+NO_SEEDS_MESSAGE = "no seeds found"
+"""Cellpose logs it for every tile or field without a cell (background tiles of a field that has
+cells too); blastscope reports the cells it found instead."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def _without(logger: logging.Logger, text: str) -> Iterator[None]:
+    """``logger`` without the records whose message contains ``text``, for the duration."""
+    dropping = _DropMessages(text)
+    logger.addFilter(dropping)
+    try:
+        yield
+    finally:
+        logger.removeFilter(dropping)
 
 
 MASKS_BY_BACKEND = {"cellpose3": cellpose3_masks}
@@ -397,15 +477,8 @@ def cellpose_widths(state_dict: dict[str, torch.Tensor]) -> tuple[tuple[int, ...
 
 def segmenter_choices() -> list[str]:
     """Model names to offer: the shipped segmenter bundles, then Cellpose's main models."""
-    shipped = [name for name, path in shipped_bundles().items() if _is_segmenter(path)]
+    shipped = list(shipped_bundles("segmenter"))
     return [*shipped, *CELLPOSE_MODEL_NAMES]
-
-
-def _is_segmenter(path: Path) -> bool:
-    try:
-        return read_metadata(path)["kind"] == "segmenter"
-    except BundleError:
-        return False
 
 
 def load_segmenter(model: str, device: str | torch.device = "auto") -> Cellpose3Backend:
@@ -415,11 +488,22 @@ def load_segmenter(model: str, device: str | torch.device = "auto") -> Cellpose3
     kind of file) or :class:`~blastscope.models.bundle.BundleError` (corrupt bundle).
     """
     resolved = resolve_device(device)
-    return _load_segmenter_cached(str(model), str(resolved))
+    return _load_segmenter_cached(str(model), str(resolved), _weights_key(str(model)))
+
+
+def _weights_key(model: str) -> str:
+    """What identifies the weights behind ``model``: a bundle's weights hash, a file's sha256,
+    else the name; so that retraining into the same folder or file is never served stale."""
+    path = Path(model).expanduser()
+    if model in shipped_bundles() or (path.is_dir() and (path / "bundle.json").is_file()):
+        return str(read_metadata(model).get("weights_sha256"))
+    if path.is_file():
+        return sha256_of_file(path)
+    return model
 
 
 @functools.lru_cache(maxsize=4)
-def _load_segmenter_cached(model: str, device_name: str) -> Cellpose3Backend:
+def _load_segmenter_cached(model: str, device_name: str, weights_key: str) -> Cellpose3Backend:
     device = torch.device(device_name)
     path = Path(model).expanduser()
     if model in shipped_bundles() or (path.is_dir() and (path / "bundle.json").is_file()):
@@ -453,6 +537,14 @@ def _backend_from_bundle(model: str, device: torch.device) -> Cellpose3Backend:
             f"{bundle.name}: the weights have widths {list(widths)} but bundle.json says "
             f"{architecture['widths']}; the bundle is inconsistent. Retrain or restore it."
         )
+    for key in ("net_pixel_size_um", "default_pixel_size_um"):
+        try:
+            check_pixel_size(architecture[key], key)
+        except ImageInputError as error:
+            raise BundleError(
+                f"{bundle.name} ({bundle.path}): bundle.json's {error} Fix it in bundle.json "
+                "or retrain the segmenter."
+            ) from None
     info = {
         "name": bundle.name,
         "source": "bundle",
@@ -515,17 +607,17 @@ def segment_steps(
 ) -> Generator[Progress, None, Segmentation]:
     """Segment every cell of ``image`` (Y, X, 3); yields ``Progress("segment", ...)`` per tile.
 
-    ``pixel_size_um`` is µm per pixel (``None``: unknown; the diameter is then estimated).
-    Returns a :class:`Segmentation`. Closing the generator stops after the current tile.
+    ``pixel_size_um`` is µm per pixel, a number or numeric string in the light-microscope
+    range (:func:`blastscope.io.check_pixel_size`; ``None``: unknown, the diameter is then
+    estimated). Returns a :class:`Segmentation`. Closing the generator stops after the current
+    tile. Raises :class:`SegmentationError` before any work when the run would need more memory
+    than is available (:func:`estimate_memory_bytes`).
     """
     params.validate()
-    if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise SegmentationError(
-            f"pixel_size_um must be a positive number of µm per pixel or None, got {pixel_size_um}."
-        )
+    if pixel_size_um is not None:
+        pixel_size_um = check_pixel_size(pixel_size_um)
     rgb, notices = to_rgb_uint8(image)
     backend = load_segmenter(params.model, params.device)
-    channels = normalize_channels(backend.prepare(rgb), params.normalize_percentiles)
     pixel_size_used, pixel_size_source = _pixel_size(backend, pixel_size_um)
     tiles = _tile_grid(rgb.shape[:2], params.tile_size)
     estimating = params.diameter is None and (pixel_size_um is None or backend.diameter_um is None)
@@ -536,12 +628,25 @@ def segment_steps(
     elif not estimating:
         diameter_px, diameter_source = backend.diameter_um / pixel_size_um, "pixel size"
     else:
+        diameter_px, diameter_source = _default_diameter(backend, pixel_size_used), "estimated"
+    _check_memory(rgb.shape[:2], backend, diameter_px, params, len(tiles), pixel_size_used)
+    channels = normalize_channels(backend.prepare(rgb), params.normalize_percentiles)
+    if estimating:
         diameter_px, reused = _estimate_diameter(backend, channels, params, pixel_size_used)
-        diameter_source = "estimated"
         if pixel_size_um is None and backend.diameter_um is not None:
             pixel_size_used = backend.diameter_um / diameter_px
             pixel_size_source = "pixel size estimated from the cell size"
+        _check_memory(rgb.shape[:2], backend, diameter_px, params, len(tiles), pixel_size_used)
         yield Progress("segment", 1, total, f"estimated cell diameter {diameter_px:.1f} px")
+    network_diameter = _network_diameter(backend, diameter_px)
+    if network_diameter > diameter_px:
+        notices.append(
+            f"Cells are about {diameter_px:.1f} pixels across (at {pixel_size_used:g} µm per "
+            f"pixel); the network expects {backend.diam_mean:g}, which would need the image "
+            f"enlarged {backend.diam_mean / diameter_px:.0f}x. It was enlarged {MAX_RESCALE:g}x "
+            "(the most, for memory), and cells this small segment poorly: check the pixel size "
+            "(--pixel-size, or pixel_size_um in Python) or scan at a finer one."
+        )
     halo = _halo(params, diameter_px) if len(tiles) > 1 else 0
     mask_scale = min(1.0, backend.diam_mean / diameter_px)
     niter = params.niter or DEFAULT_NITER
@@ -556,11 +661,28 @@ def segment_steps(
         if reused is not None:  # the whole image, from the diameter trial
             tile_dP, tile_prob, tile_labels = reused
         else:
-            tile_dP, tile_prob = backend.network_outputs(
-                channels[region], diameter_px, params.batch_size
+            network = backend.network_output_steps(
+                channels[region], network_diameter, params.batch_size
             )
-            tile_labels = _masks(
-                compute, tile_dP, tile_prob, params, mask_scale, niter, backend.device
+            where = f"tile {index + 1} of {len(tiles)}"
+            while True:
+                try:
+                    batches_done, batches = next(network)
+                except StopIteration as stop:
+                    tile_dP, tile_prob = stop.value
+                    break
+                yield Progress("segment", done, total, f"{where}: network {batches_done}/{batches}")
+            masks = Progress("segment", done, total, f"{where}: masks")
+            tile_labels = yield from _in_background(
+                masks,
+                _masks,
+                compute,
+                tile_dP,
+                tile_prob,
+                params,
+                mask_scale,
+                niter,
+                backend.device,
             )
         inner = _inner(core, region)
         dP[(slice(None), *core)] = tile_dP[(slice(None), *inner)]
@@ -575,6 +697,7 @@ def segment_steps(
         "diameter_source": diameter_source,
         "pixel_size_source": pixel_size_source,
         "tiles": len(tiles),
+        "network_diameter_px": network_diameter,
         "halo_px": halo,
         "mask_scale": mask_scale,
         "niter": niter,
@@ -652,6 +775,29 @@ def recompute_masks(
     return replace(segmentation, labels=labels, params=params)
 
 
+MASKS_POLL_S = 0.1
+"""How often a stage waiting for its masks yields (and so how soon a Cancel is seen)."""
+
+
+def _in_background(
+    waiting: Progress, function: Callable[..., T], *args: Any
+) -> Generator[Progress, None, T]:
+    """``function(*args)`` in a worker thread, yielding ``waiting`` every :data:`MASKS_POLL_S`
+    until it is done; closing the generator returns at once and leaves the thread to finish
+    alone, its result dropped. For the steps that are one opaque call (Cellpose's masks)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blastscope-masks")
+    try:
+        future = pool.submit(function, *args)
+        yield waiting
+        while True:
+            try:
+                return future.result(timeout=MASKS_POLL_S)
+            except FutureTimeout:
+                yield waiting
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _masks(
     compute: Callable[..., np.ndarray],
     dP: np.ndarray,
@@ -673,8 +819,8 @@ def _masks(
     full_cellprob = cellprob
     small = (max(1, round(height * mask_scale)), max(1, round(width * mask_scale)))
     if small != (height, width):
-        dP = np.stack([_resize(channel, small) for channel in dP.astype(np.float32)])
-        cellprob = _resize(cellprob.astype(np.float32), small)
+        dP = np.stack([resize_image(channel, small) for channel in dP.astype(np.float32)])
+        cellprob = resize_image(cellprob.astype(np.float32), small)
     labels = compute(
         dP,
         cellprob,
@@ -702,26 +848,11 @@ def _smooth_enlarge(
     along the full-resolution cell probability: pixels below ``cellprob_threshold`` are cleared
     and pixels above it within one enlarged block of a cell join that cell.
     """
-    enlarged = _resize_nearest(labels, cellprob.shape)
+    enlarged = resize_labels(labels, cellprob.shape)
     foreground = cellprob.astype(np.float32) > cellprob_threshold
     enlarged[~foreground] = 0
     grown = expand_labels(enlarged, distance=math.ceil(1.0 / mask_scale))
     return np.where(foreground & (enlarged == 0), grown, enlarged)
-
-
-def _resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (Y, X) float32 to ``shape`` (area averaging when shrinking)."""
-    interpolation = cv2.INTER_AREA if shape[0] < array.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(array, (shape[1], shape[0]), interpolation=interpolation)
-
-
-def _resize_nearest(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of labels (Y, X) to ``shape`` (pixel centres map to centres)."""
-    rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(int)
-    cols = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(int)
-    rows = rows.clip(0, labels.shape[0] - 1)
-    cols = cols.clip(0, labels.shape[1] - 1)
-    return labels[rows[:, None], cols[None, :]]
 
 
 def _check_range(name: str, value: float, low: float, high: float) -> None:
@@ -782,10 +913,7 @@ def _estimate_diameter(
     when it is more than 10% off. A network shown cells far from its size finds few or wrong
     masks, hence the trials.
     """
-    if backend.diameter_um is not None:
-        default = backend.diameter_um / pixel_size_um
-    else:
-        default = backend.diam_mean
+    default = _default_diameter(backend, pixel_size_um)
     trials = []
     for factor in DIAMETER_CANDIDATES:
         trial = _diameter_trial(backend, channels, params, default * factor)
@@ -821,11 +949,14 @@ def _diameter_trial(
 ) -> _Trial | None:
     """One pass at ``diameter_px`` on a central crop; None if it finds under 3 cells."""
     height, width = channels.shape[:2]
-    side = min(params.tile_size, math.ceil(ESTIMATE_NETWORK_PX * diameter_px / backend.diam_mean))
+    network_diameter = _network_diameter(backend, diameter_px)
+    side = min(
+        params.tile_size, math.ceil(ESTIMATE_NETWORK_PX * network_diameter / backend.diam_mean)
+    )
     crop_height, crop_width = min(height, side), min(width, side)
     y0, x0 = (height - crop_height) // 2, (width - crop_width) // 2
     crop = channels[y0 : y0 + crop_height, x0 : x0 + crop_width]
-    tile_dP, tile_prob = backend.network_outputs(crop, diameter_px, params.batch_size)
+    tile_dP, tile_prob = backend.network_outputs(crop, network_diameter, params.batch_size)
     mask_scale = min(1.0, backend.diam_mean / diameter_px)
     compute = MASKS_BY_BACKEND[backend.backend]
     niter = params.niter or DEFAULT_NITER
@@ -840,6 +971,89 @@ def _diameter_trial(
         estimate=median * backend.diam_mean / backend.diam_labels,
         whole_image=(crop_height, crop_width) == (height, width),
         outputs=(tile_dP, tile_prob, labels),
+    )
+
+
+def _default_diameter(backend: SegmenterBackend, pixel_size_um: float) -> float:
+    """The model's cell diameter in pixels at ``pixel_size_um`` (its ``diam_mean`` if unknown)."""
+    if backend.diameter_um is not None:
+        return backend.diameter_um / pixel_size_um
+    return backend.diam_mean
+
+
+def _network_diameter(backend: SegmenterBackend, diameter_px: float) -> float:
+    """The diameter handed to the network: ``diameter_px``, but at most :data:`MAX_RESCALE`
+    times smaller than the network's ``diam_mean`` (so the image is enlarged at most that)."""
+    return max(float(diameter_px), backend.diam_mean / MAX_RESCALE)
+
+
+def estimate_memory_bytes(
+    shape: tuple[int, int], rescale: float, *, tile_size: int, halo_px: int
+) -> int:
+    """Rough peak memory (bytes) of segmenting a (Y, X) field.
+
+    ``rescale`` is the enlargement for the network (``diam_mean`` / cell diameter in pixels),
+    ``tile_size`` and ``halo_px`` the tiling (pixels). The whole-field arrays cost
+    :data:`IMAGE_BYTES_PER_PX` per field pixel; one tile with its halo costs
+    :data:`NETWORK_BYTES_PER_PX` per pixel at the network's scale (``rescale`` squared per field
+    pixel) and :data:`MASK_BYTES_PER_PX` per pixel at the mask scale (``min(1, rescale)``).
+    """
+    height, width = shape
+    tile_height = min(height, math.ceil(height / math.ceil(height / tile_size)) + 2 * halo_px)
+    tile_width = min(width, math.ceil(width / math.ceil(width / tile_size)) + 2 * halo_px)
+    per_tile_px = NETWORK_BYTES_PER_PX * rescale**2 + MASK_BYTES_PER_PX * min(1.0, rescale) ** 2
+    return int(IMAGE_BYTES_PER_PX * height * width + tile_height * tile_width * per_tile_px)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still take (bytes): psutil's available memory when psutil is
+    installed, else the free physical pages; bounded by a cgroup v2 limit; None if unknown."""
+    available = None
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            available = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, ValueError, OSError):
+            available = None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        current = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return available
+    if limit.isdigit():
+        left = max(0, int(limit) - current)
+        available = left if available is None else min(available, left)
+    return available
+
+
+def _check_memory(
+    shape: tuple[int, int],
+    backend: SegmenterBackend,
+    diameter_px: float,
+    params: SegmentationParams,
+    n_tiles: int,
+    pixel_size_um: float,
+) -> None:
+    """Raise :class:`SegmentationError` with the figure and the fixes when the run of a field
+    of ``shape`` would need more memory than :func:`available_memory_bytes`."""
+    rescale = backend.diam_mean / _network_diameter(backend, diameter_px)
+    halo = _halo(params, diameter_px) if n_tiles > 1 else 0
+    need = estimate_memory_bytes(shape, rescale, tile_size=params.tile_size, halo_px=halo)
+    available = available_memory_bytes()
+    if available is None or need <= available:
+        return
+    height, width = shape
+    raise SegmentationError(
+        f"Segmenting this {height} x {width} field needs about {need / 1e9:.1f} GB of memory, "
+        f"but {available / 1e9:.1f} GB is available. To fit, analyse a region of the field (a "
+        "crop) or a smaller field; or use a smaller tile_size (--tile-size; now "
+        f"{params.tile_size}, at least 256) so fewer pixels go through the network at once; or "
+        f"check the pixel size (--pixel-size): at {pixel_size_um:g} µm per pixel the cells are "
+        f"{diameter_px:.1f} pixels across and the network sees the field enlarged "
+        f"{rescale:.2g}x."
     )
 
 

@@ -25,6 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from blastscope.errors import BlastscopeError
+from blastscope.jsonable import jsonable
+
 POOLINGS = ("mean", "geometric")
 DEFAULT_MIN_BLASTS = 20
 DEFAULT_MIN_PROBABILITY = 0.40
@@ -33,7 +36,7 @@ _BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resampled cell indices held at a time
 _LOG_FLOOR = 1e-12
 
 
-class SlideCallError(ValueError):
+class SlideCallError(BlastscopeError):
     """Inputs the slide call cannot use; the message says what to change."""
 
 
@@ -63,18 +66,9 @@ class SlideCall:
     n_bootstrap: int
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (NaN becomes None, tuples become lists)."""
-        return _json_ready(asdict(self))
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(item) for item in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+        """A JSON-ready dict (NaN becomes None, tuples become lists; see
+        :func:`blastscope.jsonable.jsonable`)."""
+        return jsonable(asdict(self), "the slide call")
 
 
 def pool_probabilities(probabilities: np.ndarray, pooling: str = "mean") -> np.ndarray:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from blastscope.export._atomic import AtomicFiles, ExportError, dumps_json, ensure_folder
+from blastscope.export._atomic import AtomicFiles, ExportError, ensure_folder
 from blastscope.export.geojson import (
     GeoJSONError,
     geojson_collection,
@@ -36,6 +36,7 @@ from blastscope.export.images import (
 )
 from blastscope.export.report import report_files, write_report
 from blastscope.export.tables import read_cells_table, write_cells_table, write_table_files
+from blastscope.jsonable import dumps_json
 from blastscope.result import SlideResult, software_versions, utc_timestamp
 
 __all__ = [

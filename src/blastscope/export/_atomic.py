@@ -1,4 +1,4 @@
-"""All-or-nothing file writes and strict JSON for the exports.
+"""All-or-nothing file writes for the exports (their strict JSON is :mod:`blastscope.jsonable`).
 
 Every export writes to a hidden temporary file in its target's folder and renames it into place
 (``os.replace``) only once every file of the export is complete, so a failure leaves no
@@ -9,23 +9,18 @@ found by :func:`stale_temporaries`.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
+import errno
 import os
 import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
+from blastscope.errors import ExportError
 
-
-class ExportError(ValueError):
-    """An export that cannot be written; the message says why and what to do."""
+FULL_DISK_ERRORS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""Write errors that mean "no room": a full disk, a file-size limit, a quota."""
 
 
 class OutputExistsError(ExportError):
@@ -102,16 +97,7 @@ class AtomicFiles:
             raise OutputExistsError(target)
         if any(target == pending for pending, _ in self._pending):
             raise ExportError(f"{target} is written twice by the same export; use distinct names.")
-        folder = ensure_folder(target.parent)
-        temporary = folder / temporary_name(target)
-        try:
-            descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except OSError as error:
-            raise ExportError(
-                f"Cannot write in the output folder {folder} ({error.strerror}); choose a folder "
-                "you can write to."
-            ) from error
-        os.close(descriptor)
+        temporary = _create_temporary(ensure_folder(target.parent), target)
         self._pending.append((target, temporary))
         return temporary
 
@@ -140,11 +126,21 @@ class AtomicFiles:
     def __enter__(self) -> AtomicFiles:
         return self
 
-    def __exit__(self, error_type: type[BaseException] | None, *_: object) -> None:
+    def __exit__(
+        self, error_type: type[BaseException] | None, error: BaseException | None, *_: object
+    ) -> None:
         if error_type is None:
             self.commit()
-        else:
-            self.discard()
+            return
+        folders = sorted({str(target.parent) for target, _ in self._pending})
+        self.discard()
+        if isinstance(error, OSError) and error.errno in FULL_DISK_ERRORS:
+            folder = ", ".join(folders) or "the output folder"
+            raise ExportError(
+                f"Not enough room to write the outputs in {folder} ({error.strerror}): nothing "
+                "was written. Free some disk space (or raise the file-size limit), or choose "
+                "another output folder."
+            ) from error
 
 
 @contextmanager
@@ -179,53 +175,20 @@ def check_writable(folder: str | Path) -> Path:
     """``folder`` (created if missing) after a test write; an :class:`ExportError` naming the
     folder and the fix when files cannot be written there."""
     folder = ensure_folder(folder)
-    probe = folder / temporary_name("write-test")
+    _create_temporary(folder, "write-test").unlink(missing_ok=True)
+    return folder
+
+
+def _create_temporary(folder: Path, target: str | Path) -> Path:
+    """A new, empty temporary file in ``folder`` for ``target``; an :class:`ExportError` naming
+    the folder when files cannot be created there."""
+    temporary = folder / temporary_name(target)
     try:
-        descriptor = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        descriptor = os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except OSError as error:
         raise ExportError(
             f"Cannot write in the output folder {folder} ({error.strerror}); choose a folder "
             "you can write to."
         ) from error
     os.close(descriptor)
-    probe.unlink(missing_ok=True)
-    return folder
-
-
-def jsonable(value: Any, where: str = "value") -> Any:
-    """``value`` as plain JSON types: numpy numbers and arrays, paths, dataclasses and objects
-    with ``to_dict()`` converted; NaN, infinities and ``pd.NA`` become ``None``.
-
-    Anything else raises an :class:`ExportError` naming where in ``value`` it sits.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if value is pd.NA:
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist(), where)
-    if isinstance(value, Mapping):
-        return {str(key): jsonable(item, f"{where}[{key!r}]") for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return jsonable(value.to_dict(), where)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return jsonable(dataclasses.asdict(value), where)
-    raise ExportError(
-        f"Cannot write {where} to JSON: a {type(value).__name__} ({value!r:.80}) is not a number, "
-        "string, list or dict; convert it (e.g. str(value)) before exporting."
-    )
-
-
-def dumps_json(value: Any, *, indent: int | None = 2, where: str = "value") -> str:
-    """Strict JSON text of ``value`` (see :func:`jsonable`; never NaN)."""
-    return json.dumps(jsonable(value, where), indent=indent, ensure_ascii=False, allow_nan=False)
+    return temporary

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from blastscope.export._atomic import AtomicFiles, ExportError, jsonable
+from blastscope.export._atomic import AtomicFiles, ExportError
 from blastscope.export._columns import column_specs, plain_values
 from blastscope.export._style import (
     NO_CALL,
@@ -28,6 +28,7 @@ from blastscope.export._style import (
     qupath_class_name,
 )
 from blastscope.export.outlines import labels_geometries
+from blastscope.jsonable import jsonable
 
 FORMAT_NAME = "blastscope-qupath-geojson"
 FORMAT_VERSION = 1

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from blastscope.export._atomic import AtomicFiles, dumps_json
+from blastscope.export._atomic import AtomicFiles
 from blastscope.export._style import NO_CALL, class_colour
 from blastscope.export.geojson import slide_call_dict
 from blastscope.export.images import overlay_rgb, png_bytes
+from blastscope.jsonable import dumps_json
 from blastscope.result import SlideResult, utc_timestamp
 
 THUMBNAIL_MAX_SIDE_PX = 800

@@ -20,10 +20,11 @@ from typing import Any
 
 import pandas as pd
 
-from blastscope.export._atomic import AtomicFiles, ExportError, dumps_json, jsonable
+from blastscope.export._atomic import AtomicFiles, ExportError
 from blastscope.export._columns import column_kind, column_specs, restore_column
 from blastscope.export._spreadsheet import ESCAPE_NAME, escape_text_columns, unescape_cell
 from blastscope.export.geojson import slide_call_dict
+from blastscope.jsonable import dumps_json, jsonable
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 FORMAT_NAME = "blastscope-cells-table"

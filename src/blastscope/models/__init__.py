@@ -3,6 +3,7 @@
 from blastscope.models.bundle import (
     Bundle,
     BundleError,
+    bundles_in,
     load_bundle,
     read_metadata,
     save_bundle,
@@ -12,6 +13,7 @@ from blastscope.models.bundle import (
 __all__ = [
     "Bundle",
     "BundleError",
+    "bundles_in",
     "load_bundle",
     "read_metadata",
     "save_bundle",

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from blastscope.errors import BlastscopeError
 
-class ArchitectureError(ValueError):
+
+class ArchitectureError(BlastscopeError):
     """An architecture description that cannot be built; the message says what to change."""
 
 

@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from blastscope import __version__
+from blastscope.errors import BlastscopeError
 
 BUNDLE_FORMAT = "blastscope-bundle"
 FORMAT_VERSION = 1
@@ -32,7 +33,7 @@ SHIPPED_DIR = Path(__file__).parent / "shipped"
 REQUIRED_KEYS = ("format", "format_version", "kind", "name", "architecture", "weights_sha256")
 
 
-class BundleError(ValueError):
+class BundleError(BlastscopeError):
     """A bundle that cannot be used; the message says why and what to do."""
 
 
@@ -62,15 +63,32 @@ class Bundle:
         return bool(self.metadata.get("demo", False))
 
 
-def shipped_bundles() -> dict[str, Path]:
-    """Names and directories of the bundles that ship inside the package."""
-    if not SHIPPED_DIR.is_dir():
+def shipped_bundles(kind: str | None = None) -> dict[str, Path]:
+    """Names and directories of the bundles that ship inside the package, by name; with
+    ``kind`` (one of :data:`KINDS`) only the bundles of that kind."""
+    return bundles_in(SHIPPED_DIR, kind)
+
+
+def bundles_in(folder: str | os.PathLike, kind: str | None = None) -> dict[str, Path]:
+    """The bundles in ``folder`` (its sub-folders holding a ``bundle.json``) by name, sorted;
+    with ``kind`` only those whose metadata is readable and of that kind. A missing folder
+    has none."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return {}
-    return {
-        path.name: path
-        for path in sorted(SHIPPED_DIR.iterdir())
-        if (path / METADATA_FILE).is_file()
+    found = {
+        path.name: path for path in sorted(folder.iterdir()) if (path / METADATA_FILE).is_file()
     }
+    if kind is None:
+        return found
+    return {name: path for name, path in found.items() if _is_kind(path, kind)}
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    try:
+        return read_metadata(path).get("kind") == kind
+    except BundleError:
+        return False
 
 
 def resolve_bundle_path(name_or_path: str | os.PathLike) -> Path:

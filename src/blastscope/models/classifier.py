@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blastscope.classes import BLAST_CLASSES, MUTATION_CLASSES, NUCLEATED_CLASSES
 from blastscope.crops import crop_size_px
 from blastscope.models.architectures import (
     ArchitectureError,
@@ -62,10 +63,7 @@ from blastscope.models.bundle import BundleError, load_bundle, save_bundle
 from blastscope.stain import STAIN_NORMALISATIONS
 
 CLASSIFIER_KINDS = ("blast", "mutation", "nucleated")
-BLAST_CLASSES = ("non-blast", "blast")
-NUCLEATED_CLASSES = ("red cell", "platelet", "white cell")
 FIXED_CLASSES = {"blast": BLAST_CLASSES, "nucleated": NUCLEATED_CLASSES}
-MUTATION_CLASSES = ("PML::RARA", "NPM1", "CBFB::MYH11", "RUNX1::RUNX1T1")
 DEFAULT_WINDOW_UM = 24.0
 DEFAULT_CROP_PIXEL_SIZE_UM = 0.5
 DEFAULT_THRESHOLD = 0.5

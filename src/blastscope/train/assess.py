@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from blastscope.jsonable import jsonable
 from blastscope.models.bundle import read_metadata
 from blastscope.models.classifier import Classifier, load_classifier
-from blastscope.progress import Progress, run_steps
+from blastscope.progress import Progress, progress_bars, run_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS
 from blastscope.train.crossval import format_estimate, patient_level_metrics
 from blastscope.train.datasets import CellSet, DatasetError
@@ -152,8 +152,6 @@ def evaluate_steps(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blastscope.cli import progress_bars
-
     kind = read_metadata(args.model).get("kind")
     classifier = load_classifier(args.model, kind)
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -182,8 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         summary = {key: value for key, value in metrics.items() if key != "test"}
         summary["test"] = {k: v for k, v in test.items() if k != "calibration_bins"}
-        json.dump(summary, sys.stdout, indent=2, default=str)
-        print()
+        print(json.dumps(jsonable(summary, "the metrics"), indent=2))
         return 0
     print(
         f"{classifier.name} ({kind}) on {test['n']} cells, {metrics['test_labels']}: accuracy "

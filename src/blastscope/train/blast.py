@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from blastscope.models.classifier import BLAST_CLASSES, DEFAULT_THRESHOLD
+from blastscope.classes import BLAST_CLASSES
+from blastscope.models.classifier import DEFAULT_THRESHOLD
+from blastscope.progress import progress_bars
 from blastscope.train.datasets import bccd_white_cells
 from blastscope.train.options import add_common_arguments, load_cells, run_guarded, train_and_report
 
@@ -46,8 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blastscope.cli import progress_bars
-
     show = progress_bars()
     cells = load_cells(args, "blast", BLAST_CLASSES, show)
     if args.real_negatives == "bccd":

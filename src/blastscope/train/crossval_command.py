@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from blastscope.models.classifier import BLAST_CLASSES
-from blastscope.progress import run_steps
+from blastscope.classes import BLAST_CLASSES
+from blastscope.jsonable import dumps_json
+from blastscope.progress import progress_bars, run_steps
 from blastscope.train.crossval import (
     DEFAULT_FOLDS,
     DEFAULT_VAL_FRACTION,
@@ -125,8 +125,6 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blastscope.cli import progress_bars
-
     if args.bootstrap < 100:
         raise DatasetError(f"--bootstrap needs at least 100 resamples, got {args.bootstrap}.")
     show = progress_bars()
@@ -203,7 +201,7 @@ def write_crossval_report(out_dir: Path, result: CrossvalResult, kind: str) -> s
     out_dir.mkdir(parents=True, exist_ok=True)
     result.metrics["folds"] = result.folds
     (out_dir / "metrics.json").write_text(
-        json.dumps(result.metrics, indent=2, default=_json_default) + "\n", encoding="utf-8"
+        dumps_json(result.metrics, where="the metrics") + "\n", encoding="utf-8"
     )
     result.cells.to_csv(out_dir / "cells.csv", index=False)
     if result.patients is not None:
@@ -212,14 +210,6 @@ def write_crossval_report(out_dir: Path, result: CrossvalResult, kind: str) -> s
     (out_dir / "summary.md").write_text(summary + "\n", encoding="utf-8")
     _plot_roc(result, kind, out_dir / "roc.png")
     return summary
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def blast_summary(metrics: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from blastscope.crops import crop_size_px, extract_crops
+from blastscope.errors import BlastscopeError
 from blastscope.io import ImageInputError, read_field
 from blastscope.progress import Progress
 
@@ -63,7 +64,7 @@ LMU_BLAST_FOLDERS: dict[str, str] = {
 NAMED_FOLDER_MAPS: dict[str, dict[str, str]] = {"lmu": LMU_BLAST_FOLDERS}
 
 
-class DatasetError(ValueError):
+class DatasetError(BlastscopeError):
     """Training data that cannot be read as asked; the message says what is wrong and the fix."""
 
 

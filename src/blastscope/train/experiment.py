@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from blastscope.train.evaluate import (
 )
 from blastscope.train.loop import TrainConfig, TrainedModel, predict_logits, train_steps
 from blastscope.train.noise import NoisyLabels, inject_label_noise, transition_matrix
+from blastscope.train.provenance import command_line, git_commit
 
 NOISE_UNITS = ("cell", "slide")
 # The slide-call target of the benchmark counts slides with at least this many blasts.
@@ -80,27 +79,6 @@ class ExperimentResult:
     report_dir: Path
     bundle_dir: Path | None
     noise: dict[str, Any]
-
-
-def git_commit() -> str | None:
-    """The git commit of the blastscope source tree, or None outside a git checkout."""
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return completed.stdout.strip() or None if completed.returncode == 0 else None
-
-
-def command_line() -> str:
-    """The command that started this process, as typed (best effort)."""
-    program = Path(sys.argv[0]).name if sys.argv else "python"
-    return " ".join([program, *sys.argv[1:]])
 
 
 def inject_noise(

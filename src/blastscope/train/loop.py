@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from blastscope.devices import resolve_device
+from blastscope.errors import BlastscopeError
 from blastscope.models.architectures import build_network, default_architecture
 from blastscope.progress import Progress
 from blastscope.train.augment import AugmentConfig, augment_batch
@@ -56,7 +57,7 @@ CHECKPOINT_FORMAT = "blastscope-training-checkpoint"
 _EVAL_BATCH = 512
 
 
-class TrainingError(ValueError):
+class TrainingError(BlastscopeError):
     """Training settings or data that cannot be used; the message says what to change."""
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from blastscope.models.classifier import MUTATION_CLASSES, load_classifier
-from blastscope.progress import run_steps
+from blastscope.classes import MUTATION_CLASSES
+from blastscope.models.classifier import load_classifier
+from blastscope.progress import progress_bars, run_steps
 from blastscope.slide_call import DEFAULT_MIN_BLASTS
 from blastscope.train.datasets import CellSet, DatasetError
 from blastscope.train.evaluate import probabilities_steps
@@ -160,8 +161,6 @@ def parse_classes(text: str | None) -> tuple[str, ...] | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blastscope.cli import progress_bars
-
     classes = parse_classes(args.classes)
     show = progress_bars()
     cells = load_cells(args, "mutation", classes, show)

@@ -10,7 +10,7 @@ darker stain, or of CellaVision's, nucleated. This trainer learns the call inste
   piece of a white cell), and a red cell otherwise;
 - **synthetic fields** of the ``default`` (marrow) and ``blood`` presets with their true masks
   and cell types, each also in a stain-augmented copy
-  (:func:`~blastscope.train.segmenter.augment_stain`).
+  (:func:`~blastscope.train.segmenter_fit.augment_stain`).
 
 Every field is stain-normalised against its own objects (:mod:`blastscope.stain`) before crops
 are cut, and crops show the object alone (``mask_to_cell``): 24 µm at 0.5 µm per pixel. Red
@@ -37,10 +37,10 @@ import numpy as np
 import pandas as pd
 
 from blastscope.cells import measure_cells
+from blastscope.classes import NUCLEATED_CLASSES
 from blastscope.crops import extract_crops
 from blastscope.models.bundle import read_metadata, update_metadata
-from blastscope.models.classifier import NUCLEATED_CLASSES
-from blastscope.progress import Progress, run_steps
+from blastscope.progress import Progress, progress_bars, run_steps
 from blastscope.samples import BCCD_PIXEL_SIZE_UM
 from blastscope.segment import SegmentationParams, segment
 from blastscope.stain import normalise_to_cells
@@ -140,7 +140,7 @@ def nucleated_cells_steps(
 ) -> Generator[Progress, None, CellSet]:
     """The training objects (see the module docstring) as a :class:`CellSet`."""
     from blastscope.synthetic import NUCLEATED_TYPES, generate_field
-    from blastscope.train.segmenter import augment_stain
+    from blastscope.train.segmenter_fit import augment_stain
 
     root = bccd_root(bccd)
     train_ids = bccd_field_ids(root, "train", bccd_list, n_bccd_fields)
@@ -246,7 +246,6 @@ def bccd_validation_scores(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from blastscope.cli import progress_bars
     from blastscope.train.experiment import run_experiment_steps
 
     show = progress_bars()

@@ -19,13 +19,11 @@ from typing import Any
 
 import torch
 
-from blastscope.devices import DeviceError, resolve_device
+from blastscope.classes import MUTATION_CLASSES
+from blastscope.devices import resolve_device
+from blastscope.errors import BlastscopeError
 from blastscope.models.architectures import default_architecture
-from blastscope.models.classifier import (
-    DEFAULT_CROP_PIXEL_SIZE_UM,
-    DEFAULT_WINDOW_UM,
-    MUTATION_CLASSES,
-)
+from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.progress import Progress, run_steps
 from blastscope.train.augment import AUGMENTATIONS, NO_AUGMENTATION
 from blastscope.train.cellavision import (
@@ -425,7 +423,8 @@ def run_guarded(run: Any, args: argparse.Namespace) -> int:
                 raise TrainingError(f"--threads must be at least 1, got {args.threads}.")
             torch.set_num_threads(args.threads)
         return run(args)
-    except (DatasetError, TrainingError, DeviceError, FileExistsError, ValueError) as error:
+    # BlastscopeError: every error of ours (DatasetError, TrainingError, DeviceError, ...)
+    except (BlastscopeError, ValueError, FileExistsError) as error:
         words = ["blastscope", getattr(args, "command", None), getattr(args, "trainer", None)]
         command = " ".join(word for word in words if word)
         print(f"{command}: error: {error}", file=sys.stderr)

@@ -32,6 +32,8 @@ class BlastscopeDock(QTabWidget):
             ("Edit", self.edit),
             ("Export", self.export),
         ):
+            if widget is not self.inspector:  # its table takes the height left
+                widget.native.layout().addStretch(1)  # no gaps between the controls
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(widget.native)

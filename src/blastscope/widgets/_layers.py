@@ -29,6 +29,12 @@ def viewer_text_overlay(viewer: napari.viewer.Viewer):
     return canvas.overlays["text"] if canvas is not None else viewer.text_overlay
 
 
+def viewer_scale_bar(viewer: napari.viewer.Viewer):
+    """The canvas scale bar (``viewer.canvas.overlays["scale_bar"]`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.overlays["scale_bar"] if canvas is not None else viewer.scale_bar
+
+
 def cells_layer_name(image_layer: Image) -> str:
     """The stable name of the cells layer made from ``image_layer``."""
     return f"{image_layer.name} cells"

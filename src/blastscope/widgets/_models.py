@@ -8,20 +8,11 @@ from magicgui.widgets import ComboBox, FileEdit
 
 from blastscope.models import BundleError, read_metadata, shipped_bundles
 from blastscope.models.classifier import Classifier, load_classifier
+from blastscope.pipeline import DEFAULT_BLAST_MODEL, DEFAULT_MUTATION_MODEL
 
 NO_SHIPPED = "(none shipped: choose a bundle folder)"
-
-
-def shipped_choices(kind: str) -> list[str]:
-    """Names of the shipped bundles of ``kind`` (``blast`` or ``mutation``)."""
-    names = []
-    for name, path in shipped_bundles().items():
-        try:
-            if read_metadata(path).get("kind") == kind:
-                names.append(name)
-        except BundleError:
-            continue
-    return names
+DEFAULT_MODELS = {"blast": DEFAULT_BLAST_MODEL, "mutation": DEFAULT_MUTATION_MODEL}
+"""The docks start on the pipeline's (and the CLI's) default bundles."""
 
 
 class BundlePicker:
@@ -30,11 +21,12 @@ class BundlePicker:
 
     def __init__(self, kind: str):
         self.kind = kind
-        choices = shipped_choices(kind) or [NO_SHIPPED]
+        choices = list(shipped_bundles(kind)) or [NO_SHIPPED]
+        default = DEFAULT_MODELS.get(kind)
         self.combo = ComboBox(
             label=f"{kind} model",
             choices=choices,
-            value=choices[0],
+            value=default if default in choices else choices[0],
             tooltip=f"A {kind} bundle shipped with blastscope.",
         )
         self.folder = FileEdit(

@@ -47,6 +47,7 @@ from blastscope.widgets._layers import (
     put_features,
     show_cells,
     viewer_camera,
+    viewer_scale_bar,
     viewer_text_overlay,
 )
 
@@ -54,7 +55,7 @@ _SESSIONS: dict[str, CellsSession] = {}
 """The live session of each cells layer, by the layer's ``unique_id``."""
 EXACT_DELAY_MS = 150
 """Quiet time after the last change before the exact result is computed (ms)."""
-DEMO_NOTICE = "blastscope: demonstration model, not for diagnosis"
+DEMO_NOTICE = "demo model: not for diagnosis"
 COLOUR_BY = ("p_blast", "mutation class")
 OVERRIDE_KEYS = {"Shift-B": True, "Shift-N": False, "Shift-C": None}
 UNDO_KEY = "Shift-U"
@@ -210,6 +211,7 @@ class CellsSession:
         self.preview_call = None
         self._update_colour_layers()
         self._update_demo_notice()
+        self._show_scale_bar()
         self._mark_selected()
         self.changed.emit()
 
@@ -376,6 +378,7 @@ class CellsSession:
                 edge_width=3,
                 scale=self.layer.scale,
                 translate=self.layer.translate,
+                units=self.layer.units,
             )
         layers.selection.active = self.layer
 
@@ -459,7 +462,11 @@ class CellsSession:
         self._order_layers()
 
     def _put_overlay(self, name: str, data: np.ndarray, style: dict, opacity: float) -> None:
-        placement = {"scale": self.layer.scale, "translate": self.layer.translate}
+        placement = {
+            "scale": self.layer.scale,
+            "translate": self.layer.translate,
+            "units": self.layer.units,
+        }
         layer = self._overlay(name)
         if layer is None:
             self._viewer.add_image(
@@ -477,6 +484,7 @@ class CellsSession:
         layer.colormap = style["colormap"]
         layer.contrast_limits = style["contrast_limits"]
         layer.scale, layer.translate = placement["scale"], placement["translate"]
+        layer.units = placement["units"]
 
     def _order_layers(self) -> None:
         """Colours, then the veil, then the cells layer on top (active, for hover and clicks)."""
@@ -496,6 +504,19 @@ class CellsSession:
         value = veil_values(self.review.p_blast[rows], self.review.override[rows])[0]
         veil.data[box][labels[box] == label] = value
         veil.refresh()
+
+    def _show_scale_bar(self) -> None:
+        """A scale bar in µm when the cells are placed in µm (their scale is the pixel size):
+        the image, the cells and their overlays get µm units (napari's scale bar reads them)."""
+        result = self.result
+        if result is None:
+            return
+        for layer in self._viewer.layers:
+            scale = [float(value) for value in layer.scale[-2:]]
+            ours = layer is self.layer or layer.name.startswith(self._base_name)
+            if ours and np.allclose(scale, result.pixel_size_um, rtol=1e-3):
+                layer.units = ("um",) * layer.ndim
+        viewer_scale_bar(self._viewer).visible = True
 
     def _update_demo_notice(self) -> None:
         overlay = viewer_text_overlay(self._viewer)

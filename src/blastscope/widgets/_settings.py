@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from magicgui.widgets.bases import ValueWidget
 from qtpy.QtCore import QStandardPaths
+
+from blastscope.jsonable import jsonable
 
 SETTINGS_ENV = "BLASTSCOPE_SETTINGS_DIR"
 
@@ -24,12 +25,6 @@ def settings_dir() -> Path:
         return Path(override)
     location = QStandardPaths.StandardLocation.GenericConfigLocation
     return Path(QStandardPaths.writableLocation(location)) / "napari-blastscope"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 class PersistentValues:
@@ -60,7 +55,7 @@ class PersistentValues:
 
     def save(self) -> None:
         """Write the current values (failures to write are ignored: settings are a comfort)."""
-        values = {name: _plain(widget.value) for name, widget in self._widgets.items()}
+        values = {name: jsonable(widget.value) for name, widget in self._widgets.items()}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(json.dumps(values, indent=1), encoding="utf-8")
