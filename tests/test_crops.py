@@ -9,6 +9,7 @@ from blastscope.crops import (
     CropCutter,
     CropError,
     background_fill,
+    cell_crop,
     crop_tensor,
     crops_to_uint8,
     extract_crops,
@@ -189,3 +190,40 @@ def test_crop_errors_name_the_fix(noise_image):
         extract_crops(
             noise_image, np.zeros((4, 3)), pixel_size_um=1, window_um=8, out_pixel_size_um=1
         )
+
+
+@pytest.mark.parametrize("pixel_size_um", [0.5, 0.24, 0.1])  # pooling 1, 2 and 5 pixels
+def test_one_cells_crop_from_its_neighbourhood_equals_the_crop_from_the_field(pixel_size_um):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
+    labels = np.zeros((300, 260), np.int32)
+    labels[100:140, 90:130] = 7
+    labels[0:30, 0:25] = 3
+    fill = background_fill(image, labels)
+    for centre, label in (((120.3, 110.6), 7), ((5.0, 4.0), 3), ((299.0, 259.0), 7)):
+        expected = extract_crops(
+            image,
+            np.array([centre]),
+            pixel_size_um=pixel_size_um,
+            window_um=24.0,
+            out_pixel_size_um=0.5,
+            labels=labels,
+            cell_labels=np.array([label]),
+            mask_to_cell=True,
+            fill=fill,
+        )[0]
+        crop = cell_crop(
+            image,
+            centre,
+            pixel_size_um=pixel_size_um,
+            window_um=24.0,
+            out_pixel_size_um=0.5,
+            labels=labels,
+            cell_label=label,
+            mask_to_cell=True,
+            fill=fill,
+        )
+        # the same pixels up to float32 rounding of the sampling grid (a neighbourhood's
+        # normalised coordinates differ from the field's in the last bits)
+        assert np.abs(crop.astype(int) - expected).max() <= 1
+        assert (crop == expected).mean() > 0.95

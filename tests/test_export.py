@@ -183,7 +183,7 @@ def test_report_shows_the_call_and_embeds_its_plots(classified, tmp_path):
         "slide_report_p_blast.png",
     ]
     page = html_path.read_text()
-    assert f"Slide call: <strong>{call.call}</strong>" in page
+    assert f"<strong>Slide call: {call.call} (" in page
     for name in call.classes:
         low, high = call.interval[name]
         assert f"<td>{name}</td><td>{call.probabilities[name]:.3f}</td>" in page
@@ -233,7 +233,7 @@ def test_report_of_an_abstained_call_gives_the_reason(classified, tmp_path):
         result.slide_call, call=None, abstained=True, reason="insufficient blasts: 3 < 20"
     )
     paths = write_report(tmp_path / "r.html", replace(result, slide_call=abstained), image)
-    assert "<strong>No call</strong>: insufficient blasts: 3 &lt; 20" in paths[0].read_text()
+    assert "<strong>No call: insufficient blasts: 3 &lt; 20</strong>" in paths[0].read_text()
 
 
 # --------------------------------------------------------------------------- export_result

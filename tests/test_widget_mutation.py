@@ -79,7 +79,9 @@ def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_vie
         np.testing.assert_allclose(features[f"p_{name}"], expected.cells[f"p_{name}"], atol=1e-6)
     assert widget.chart.call is call
     assert (
-        widget.headline.text() == f"Slide call: {call.call} ({call.probabilities[call.call]:.2f})"
+        widget.headline.text()
+        == f"Slide call: {call.call} ({call.probabilities[call.call]:.2f}, 95% interval "
+        f"{call.interval[call.call][0]:.2f}-{call.interval[call.call][1]:.2f})"
     )
     assert f"{call.n_blasts} blasts used (minimum 5)" in widget.details.text()
     assert f"{call.blast_percentage:.1f} % of {call.n_nucleated} nucleated" in widget.details.text()

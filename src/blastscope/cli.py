@@ -397,12 +397,9 @@ def _describe(outcome) -> str:
     )
     call = outcome.slide_call
     if call is not None:
-        verdict = call.call if call.call else f"no call ({call.reason})"
-        text += f"; slide call: {verdict}"
-        if call.call:
-            low, high = call.interval[call.call]
-            probability = call.probabilities[call.call]
-            text += f" p={probability:.2f} [{low:.2f}, {high:.2f}], {call.n_blasts} blasts"
+        from blastscope.slide_call import call_headline
+
+        text += f"; {call_headline(call)}; {call.n_blasts} blasts used"
     return text
 
 
@@ -524,6 +521,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from blastscope.pipeline import PipelineConfig, analyse, loaded
     from blastscope.samples import bccd_sample, synthetic_sample
     from blastscope.segment import SegmentationParams
+    from blastscope.slide_call import call_headline
 
     synthetic = synthetic_sample("NPM1")
     bccd = bccd_sample()
@@ -539,11 +537,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for stem, image, pixel_size_um in samples:
         result = analyse(image, pixel_size_um, config, on_progress=progress_bars())
         outputs = export_result(result, image, args.out / stem, stem=stem, overwrite=True)
-        call = result.slide_call
-        verdict = "-" if call is None else call.call or f"no call ({call.reason})"
         print(
             f"{stem}: {result.n_cells} cells, {result.n_nucleated} nucleated, "
-            f"{result.n_blasts} blasts; slide call: {verdict}"
+            f"{result.n_blasts} blasts; {call_headline(result.slide_call)}"
         )
         print(f"  wrote {len(outputs)} files to {args.out / stem}")
     return 0

@@ -27,6 +27,7 @@ Chunks bound the memory: about ``chunk_size`` crops exist at a time.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from blastscope.devices import resolve_device
 from blastscope.errors import BlastscopeError
+from blastscope.io import to_rgb_uint8
 
 DEFAULT_CHUNK_SIZE = 1024
 _MAX_MEDIAN_SAMPLES = 250_000
@@ -330,3 +332,44 @@ def uint8_to_crops(crops: np.ndarray, device: str | torch.device = "cpu") -> tor
         )
     tensor = torch.from_numpy(np.ascontiguousarray(array)).to(resolve_device(device))
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def cell_crop(
+    image: np.ndarray,
+    centre_yx: Sequence[float],
+    *,
+    pixel_size_um: float,
+    window_um: float,
+    out_pixel_size_um: float,
+    labels: np.ndarray | None = None,
+    cell_label: int | None = None,
+    mask_to_cell: bool = False,
+    fill: Fill = "median",
+) -> np.ndarray:
+    """One cell's crop (crop_px, crop_px, 3) uint8 as :func:`extract_crops` cuts it, reading
+    and converting only the cell's neighbourhood of ``image`` (for a click on a large field).
+
+    ``fill`` is best given (``background_fill`` of the whole field, computed once): "median"
+    takes the neighbourhood's background instead.
+    """
+    # anti-aliasing pools blocks of `pool` pixels from the image's origin: the neighbourhood
+    # starts on a block edge and reaches a block past the window, so its pools are the field's
+    pool = max(1, int(np.floor(out_pixel_size_um / pixel_size_um + 1e-6)))
+    half = math.ceil(window_um / pixel_size_um / 2) + 2 * pool + 2
+    row, col = (round(float(value)) for value in centre_yx)
+    top, left = (max(0, start - half) // pool * pool for start in (row, col))
+    rows = slice(top, min(image.shape[0], row + half + 1))
+    cols = slice(left, min(image.shape[1], col + half + 1))
+    region, _ = to_rgb_uint8(np.asarray(image[rows, cols]))
+    centre = np.array([[float(centre_yx[0]) - rows.start, float(centre_yx[1]) - cols.start]])
+    return extract_crops(
+        region,
+        centre,
+        pixel_size_um=pixel_size_um,
+        window_um=window_um,
+        out_pixel_size_um=out_pixel_size_um,
+        labels=None if labels is None else labels[rows, cols],
+        cell_labels=None if cell_label is None else np.array([cell_label]),
+        mask_to_cell=mask_to_cell,
+        fill=fill,
+    )[0]

@@ -79,17 +79,73 @@ class PipelineConfig:
     slide_call: SlideCallSettings = field(default_factory=SlideCallSettings)
 
 
-_NUCLEATED_MODELS: dict[tuple[str, str], Classifier] = {}
+_LOADED: dict[tuple[str, str, str], Classifier] = {}
+
+
+def cached_classifier(model: str, kind: str) -> Classifier:
+    """The ``kind`` bundle ``model`` (name or folder), loaded once per weights hash (a bundle
+    retrained into the same folder is loaded afresh)."""
+    from blastscope.models.bundle import read_metadata, resolve_bundle_path
+
+    key = (str(resolve_bundle_path(model)), kind, read_metadata(model)["weights_sha256"])
+    if key not in _LOADED:
+        _LOADED[key] = load_classifier(model, kind)
+    return _LOADED[key]
 
 
 def nucleated_classifier(model: str) -> Classifier:
     """The ``nucleated`` bundle ``model`` (name or folder), loaded once per weights hash."""
-    from blastscope.models.bundle import read_metadata, resolve_bundle_path
+    return cached_classifier(model, "nucleated")
 
-    key = (str(resolve_bundle_path(model)), read_metadata(model)["weights_sha256"])
-    if key not in _NUCLEATED_MODELS:
-        _NUCLEATED_MODELS[key] = load_classifier(model, "nucleated")
-    return _NUCLEATED_MODELS[key]
+
+def recorded_classifier(result: SlideResult, kind: str) -> Classifier | None:
+    """The ``blast`` or ``mutation`` classifier that made ``result``'s columns, loaded from the
+    bundle its provenance names (once per weights hash); None when that stage has not run."""
+    record = result.provenance.get(kind)
+    if not record:
+        return None
+    return cached_classifier(record.get("path") or record["name"], kind)
+
+
+def record_run(result: SlideResult, stage: str, **params: Any) -> SlideResult:
+    """``result`` with a run's parameters, time and software versions recorded in its
+    provenance under ``stage`` (next to what the stage itself recorded there)."""
+    provenance = dict(result.provenance)
+    run = {"params": params, "created": utc_timestamp(), "software": software_versions()}
+    provenance[stage] = {**provenance.get(stage, {}), "run": run}
+    return replace(result, provenance=provenance)
+
+
+def labels_result_steps(
+    result: SlideResult | None,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    pixel_size_um: float,
+) -> Steps[SlideResult]:
+    """The result of ``labels`` on ``pixels``: ``result`` itself when its labels are these,
+    else the cells measured afresh (classifier columns dropped: they described other cells),
+    keeping ``result``'s other provenance."""
+    if result is not None and np.array_equal(result.labels, labels):
+        yield Progress("cells", 1, 1, f"{result.n_cells} cells, as analysed")
+        return result
+    rgb, notices = to_rgb_uint8(pixels)
+    labels = np.asarray(labels).astype(np.int32, copy=False)
+    cells = yield from sort_cells_steps(rgb, labels, pixel_size_um, SegmentationParams())
+    provenance = {
+        **(result.provenance if result is not None else {}),
+        "created": utc_timestamp(),
+        "software": software_versions(),
+        "labels": "measured from the cells layer as it was (edited or opened)",
+    }
+    provenance.pop("blast", None)
+    provenance.pop("mutation", None)
+    return SlideResult(
+        labels=labels,
+        cells=cells,
+        pixel_size_um=pixel_size_um,
+        provenance=provenance,
+        notices=notices,
+    )
 
 
 def sort_cells_steps(

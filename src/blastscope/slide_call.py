@@ -18,7 +18,7 @@ blasts / nucleated cells × 100.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -217,3 +217,47 @@ def call_slide(
         n_images=n_images,
         n_bootstrap=n_bootstrap,
     )
+
+
+def _value(call: SlideCall | Mapping[str, Any], name: str) -> Any:
+    return call.get(name) if isinstance(call, Mapping) else getattr(call, name)
+
+
+def _number_text(value: Any) -> str | None:
+    return f"{value:.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def call_headline(call: SlideCall | Mapping[str, Any] | None, *, exact: bool = True) -> str:
+    """The slide call in one line, the same in the dock, the CLI and the report: "Slide call:
+    NPM1 (0.54, 95% interval 0.45-0.62)", "No call: <reason>" or "No slide call yet".
+    ``call`` is a :class:`SlideCall` or its dict (:meth:`SlideCall.to_dict`); ``exact`` False
+    leaves out an interval that is still being computed."""
+    if call is None:
+        return "No slide call yet"
+    name = _value(call, "call")
+    if not name:
+        return f"No call: {_value(call, 'reason') or 'no blasts'}"
+    probability = _number_text((_value(call, "probabilities") or {}).get(name))
+    low, high = [*((_value(call, "interval") or {}).get(name) or ()), None, None][:2]
+    interval = (_number_text(low), _number_text(high))
+    text = f"Slide call: {name} ({probability or 'n/a'}"
+    if exact and None not in interval:
+        text += f", 95% interval {interval[0]}-{interval[1]}"
+    return text + ")"
+
+
+def call_details(call: SlideCall | Mapping[str, Any], *, exact: bool = True) -> str:
+    """What the call rests on, in one line: blasts used and the minimum, the blast percentage,
+    the pooling and the interval's method (or that it is being computed)."""
+    percentage = _value(call, "blast_percentage")
+    percentage = (
+        f"{percentage:.1f} %"
+        if isinstance(percentage, (int, float)) and math.isfinite(percentage)
+        else "n/a"
+    )
+    details = (
+        f"{_value(call, 'n_blasts')} blasts used (minimum {_value(call, 'min_blasts')}) · blasts "
+        f"{percentage} of {_value(call, 'n_nucleated')} nucleated cells · "
+        f"{_value(call, 'pooling')} pooling"
+    )
+    return details + (" · 95% interval: bootstrap over cells" if exact else " · interval updating…")

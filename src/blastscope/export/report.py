@@ -28,6 +28,7 @@ from blastscope.export.geojson import slide_call_dict
 from blastscope.export.images import overlay_rgb, png_bytes
 from blastscope.jsonable import dumps_json
 from blastscope.result import SlideResult, utc_timestamp
+from blastscope.slide_call import call_details, call_headline
 
 THUMBNAIL_MAX_SIDE_PX = 800
 GALLERY_CELLS = 24
@@ -274,10 +275,7 @@ def _table(rows: list[tuple[str, ...]], header: tuple[str, ...] | None = None) -
 def _call_section(call: Mapping[str, Any] | None, plots: Mapping[str, bytes], names) -> str:
     if call is None:
         return "<p>No slide call: the mutation stage has not run on this slide.</p>"
-    if call.get("call"):
-        headline = f"Slide call: <strong>{html.escape(str(call['call']))}</strong>"
-    else:
-        headline = f"<strong>No call</strong>: {html.escape(str(call.get('reason') or ''))}"
+    headline = f"<strong>{html.escape(call_headline(call))}</strong>"
     intervals = call.get("interval") or {}
     rows = []
     for name, probability in (call.get("probabilities") or {}).items():
@@ -290,9 +288,8 @@ def _call_section(call: Mapping[str, Any] | None, plots: Mapping[str, bytes], na
             )
         )
     details = (
-        f"pooling {call.get('pooling')}, {call.get('n_blasts')} blasts from "
-        f"{call.get('n_images')} image(s), minimum {call.get('min_blasts')} blasts and "
-        f"probability {call.get('min_probability')}, {call.get('n_bootstrap')} bootstrap resamples"
+        f"{call_details(call)}; {call.get('n_images')} image(s), minimum probability "
+        f"{call.get('min_probability')}, {call.get('n_bootstrap')} bootstrap resamples"
     )
     parts = [
         f'<p class="call">{headline}</p>',

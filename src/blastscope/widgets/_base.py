@@ -3,8 +3,6 @@ cells layer's :class:`~blastscope.widgets._session.CellsSession`."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import napari
 import numpy as np
 from magicgui.widgets import Container, Label, create_widget
@@ -13,10 +11,9 @@ from napari.utils.notifications import show_warning
 from qtpy.QtWidgets import QMessageBox
 
 from blastscope.io import to_rgb_uint8
-from blastscope.pipeline import sort_cells_steps
-from blastscope.progress import Progress, Steps
-from blastscope.result import SlideResult, software_versions, utc_timestamp
-from blastscope.segment import SegmentationParams
+from blastscope.pipeline import labels_result_steps
+from blastscope.progress import Steps
+from blastscope.result import SlideResult
 from blastscope.widgets._layers import (
     SOURCE_KEY,
     cells_layer_name,
@@ -159,15 +156,11 @@ class SessionDock(Container):
         return answer == QMessageBox.StandardButton.Yes
 
     def current_steps(self, image: Image, cells: Labels) -> tuple[np.ndarray, Steps[SlideResult]]:
-        """(pixels, steps) whose result is the cells layer's result, up to date: the exact
-        result when the labels are as analysed, else the labels measured afresh (in the
-        worker, as the first step)."""
+        """(pixels, steps) whose result is the cells layer's result, up to date
+        (:func:`~blastscope.pipeline.labels_result_steps`, run in the worker)."""
         pixels = image_rgb(image)
-        session = session_for(self._viewer, cells)
-        result = session.flush()
+        result = session_for(self._viewer, cells).flush()
         labels = np.asarray(cells.data)
-        if result is not None and np.array_equal(result.labels, labels):
-            return pixels, _ready(result)
         pixel_size = image_pixel_size_um(image) or cells.metadata.get("pixel_size_um")
         if result is not None:
             pixel_size = pixel_size or result.pixel_size_um
@@ -181,48 +174,9 @@ class SessionDock(Container):
                 f"The cells layer {cells.name} ({labels.shape}) does not match the image "
                 f"{image.name} ({pixels.shape[:2]}); choose the labels of this image."
             )
-        previous = result.provenance if result is not None else {}
-        return pixels, _measured(pixels, labels.copy(), float(pixel_size), previous)
+        return pixels, labels_result_steps(result, pixels, labels.copy(), float(pixel_size))
 
     def require_session(self) -> CellsSession:
         if self.session is None or self.session.result is None:
             raise ValueError("Choose a cells layer made by blastscope (Segment cells first).")
         return self.session
-
-
-def record_run(result: SlideResult, stage: str, **params) -> SlideResult:
-    """``result`` with this dock run's parameters, time and software versions recorded in its
-    provenance under ``stage`` (next to what the core stage recorded there)."""
-    provenance = dict(result.provenance)
-    run = {"params": params, "created": utc_timestamp(), "software": software_versions()}
-    provenance[stage] = {**provenance.get(stage, {}), "run": run}
-    return replace(result, provenance=provenance)
-
-
-def _ready(result: SlideResult) -> Steps[SlideResult]:
-    yield Progress("cells", 1, 1, f"{result.n_cells} cells, as analysed")
-    return result
-
-
-def _measured(
-    pixels: np.ndarray, labels: np.ndarray, pixel_size_um: float, provenance: dict
-) -> Steps[SlideResult]:
-    rgb, notices = to_rgb_uint8(pixels)
-    cells = yield from sort_cells_steps(
-        rgb, labels.astype(np.int32, copy=False), pixel_size_um, SegmentationParams()
-    )
-    provenance = {
-        **provenance,
-        "created": utc_timestamp(),
-        "software": software_versions(),
-        "labels": "measured from the cells layer as it was (edited or opened)",
-    }
-    provenance.pop("blast", None)
-    provenance.pop("mutation", None)
-    return SlideResult(
-        labels=labels.astype(np.int32, copy=False),
-        cells=cells,
-        pixel_size_um=pixel_size_um,
-        provenance=provenance,
-        notices=notices,
-    )

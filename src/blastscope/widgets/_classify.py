@@ -17,11 +17,11 @@ from napari.utils.notifications import show_error
 from blastscope.devices import available_devices
 from blastscope.models import BundleError
 from blastscope.models.classifier import Classifier
-from blastscope.pipeline import classify_stage
+from blastscope.pipeline import classify_stage, record_run
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
-from blastscope.widgets._base import SessionDock, demo_label, record_run
+from blastscope.widgets._base import SessionDock, demo_label
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import ColourLegend
 from blastscope.widgets._runner import StageRunner

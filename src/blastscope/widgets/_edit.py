@@ -14,13 +14,15 @@ from qtpy.QtCore import QTimer
 from blastscope.devices import available_devices
 from blastscope.edits import edited_cells, reclassify_stage
 from blastscope.models import BundleError
-from blastscope.models.classifier import Classifier, load_classifier
+from blastscope.models.classifier import Classifier
+from blastscope.pipeline import record_run, recorded_classifier
 from blastscope.predict import DEFAULT_BATCH_SIZE
+from blastscope.progress import Steps
 from blastscope.result import SlideResult
-from blastscope.widgets._base import SessionDock, record_run
+from blastscope.widgets._base import SessionDock
 from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._runner import StageRunner
-from blastscope.widgets._session import CellsSession, show_result
+from blastscope.widgets._session import show_result
 from blastscope.widgets._settings import PersistentValues
 
 EDIT_EVENTS = ("paint", "data", "labels_update", "set_data")
@@ -29,21 +31,20 @@ napari's undo and redo)."""
 UP_TO_DATE = "no edited cell: the table is up to date"
 
 
-def stage_classifier(session: CellsSession, kind: str) -> Classifier | None:
-    """The classifier that made ``kind``'s columns of the session's result: the one in memory,
-    else loaded from the bundle its provenance names; None when that stage has not run."""
-    known = session.blast_classifier if kind == "blast" else session.mutation_classifier
-    if known is not None:
-        return known
-    record = session.result.provenance.get(kind)
-    if not record:
-        return None
-    classifier = load_classifier(record.get("path") or record["name"], kind)
-    if kind == "blast":
-        session.blast_classifier = classifier
-    else:
-        session.mutation_classifier = classifier
-    return classifier
+def _reclassify_steps(
+    pixels: np.ndarray,
+    result: SlideResult,
+    labels: np.ndarray,
+    known: dict[str, Classifier | None],
+    **options,
+) -> Steps[tuple[SlideResult, Classifier | None, Classifier | None]]:
+    """:func:`~blastscope.edits.reclassify_stage` with the classifiers that made the result
+    (those in memory, else loaded from the bundles its provenance names, in the worker);
+    returns (result, blast classifier, mutation classifier)."""
+    blast = known["blast"] or recorded_classifier(result, "blast")
+    mutation = known["mutation"] or recorded_classifier(result, "mutation")
+    updated = yield from reclassify_stage(pixels, result, labels, blast, mutation, **options)
+    return updated, blast, mutation
 
 
 class EditWidget(SessionDock):
@@ -148,30 +149,39 @@ class EditWidget(SessionDock):
             if edited_cells(result.labels, labels).count == 0:
                 self.status.value = UP_TO_DATE
                 return
-            blast = stage_classifier(session, "blast")
-            mutation = stage_classifier(session, "mutation")
         except (ValueError, BundleError) as error:
             show_error(str(error))
             return
         params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
-        steps = reclassify_stage(
+        known = {"blast": session.blast_classifier, "mutation": session.mutation_classifier}
+        steps = _reclassify_steps(
             image_rgb(image),
             result,
             labels,
-            blast,
-            mutation,
+            known,
             threshold=session.threshold,
             settings=session.settings,
             **params,
         )
         self.runner.start(
             steps,
-            lambda new: self._show(image, layer, record_run(new, "reclassify", **params)),
+            lambda done: self._show(image, layer, *done, params),
             description=f"Re-classifying the edited cells of {layer.name}",
         )
 
-    def _show(self, image, layer: Labels, result: SlideResult) -> None:
-        show_result(self._viewer, image, result, layer, update_data=False)
+    def _show(
+        self,
+        image,
+        layer: Labels,
+        result: SlideResult,
+        blast: Classifier | None,
+        mutation: Classifier | None,
+        params: dict,
+    ) -> None:
+        result = record_run(result, "reclassify", **params)
+        session = show_result(self._viewer, image, result, layer, update_data=False)
+        session.blast_classifier = session.blast_classifier or blast
+        session.mutation_classifier = session.mutation_classifier or mutation
         edits = result.provenance.get("edits", [{}])[-1]
         changed, removed = len(edits.get("changed", [])), len(edits.get("removed", []))
         self.status.value = f"{changed} cells re-classified, {removed} removed"

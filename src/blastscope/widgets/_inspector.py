@@ -13,7 +13,7 @@ from magicgui.widgets import Container, PushButton
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QLabel
 
-from blastscope.crops import extract_crops
+from blastscope.crops import background_fill, cell_crop
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.widgets._base import SessionDock
@@ -71,6 +71,7 @@ class InspectorWidget(SessionDock):
         self.crop = QLabel()
         self.crop.setFixedSize(CROP_SIDE_PX, CROP_SIDE_PX)
         self.info = bold_label("Click a cell (pan/zoom mode) or a row of the table.", 9)
+        self._fill: tuple[np.ndarray, np.ndarray] | None = None
         self.table = FeaturesTable(self._row_selected)
         for widget in (self.crop, self.info, self.table):
             self.native.layout().addWidget(widget)
@@ -145,23 +146,25 @@ class InspectorWidget(SessionDock):
 
     def cell_crop(self, row: int) -> np.ndarray:
         """The crop the blast model sees for the cell of ``row`` (h, w, 3) uint8; without a
-        blast model yet, a 24 µm window at 0.5 µm per pixel."""
+        blast model yet, a 24 µm window at 0.5 µm per pixel. Only the cell's neighbourhood is
+        read; the fill colour is the field's background, computed once per result."""
         session = self.session
         result = session.result
-        image = self.image_layer()
+        image = image_rgb(self.image_layer())
         classifier = session.blast_classifier
-        window = classifier.input.window_um if classifier else DEFAULT_WINDOW_UM
-        pixel = classifier.input.pixel_size_um if classifier else DEFAULT_CROP_PIXEL_SIZE_UM
-        masked = bool(classifier.input.mask_to_cell) if classifier else False
+        if self._fill is None or self._fill[0] is not result.labels:
+            self._fill = (result.labels, background_fill(to_rgb_uint8(image)[0], result.labels))
         cells = result.cells
-        rgb, _ = to_rgb_uint8(image_rgb(image))
-        return extract_crops(
-            rgb,
-            cells[["centroid_y", "centroid_x"]].to_numpy()[row : row + 1],
+        return cell_crop(
+            image,
+            cells[["centroid_y", "centroid_x"]].to_numpy()[row],
             pixel_size_um=result.pixel_size_um,
-            window_um=window,
-            out_pixel_size_um=pixel,
+            window_um=classifier.input.window_um if classifier else DEFAULT_WINDOW_UM,
+            out_pixel_size_um=(
+                classifier.input.pixel_size_um if classifier else DEFAULT_CROP_PIXEL_SIZE_UM
+            ),
             labels=result.labels,
-            cell_labels=cells["label"].to_numpy()[row : row + 1],
-            mask_to_cell=masked,
-        )[0]
+            cell_label=int(cells["label"].iloc[row]),
+            mask_to_cell=bool(classifier.input.mask_to_cell) if classifier else False,
+            fill=self._fill[1],
+        )

@@ -18,11 +18,11 @@ from napari.utils.notifications import show_error
 from blastscope.devices import available_devices
 from blastscope.models import BundleError
 from blastscope.models.classifier import Classifier
-from blastscope.pipeline import SlideCallSettings, mutation_stage
+from blastscope.pipeline import SlideCallSettings, mutation_stage, record_run
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.result import SlideResult
 from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, POOLINGS
-from blastscope.widgets._base import SessionDock, demo_label, record_run
+from blastscope.widgets._base import SessionDock, demo_label
 from blastscope.widgets._layers import image_rgb
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import SlideCallChart, bold_label, slide_call_text

@@ -24,7 +24,7 @@ from qtpy.QtGui import (
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QSizePolicy, QTableView, QWidget
 
 from blastscope.palette import P_BLAST_COLORMAP
-from blastscope.slide_call import SlideCall
+from blastscope.slide_call import SlideCall, call_details, call_headline
 from blastscope.widgets._colours import VEIL_RGBA, class_colours
 
 
@@ -150,20 +150,10 @@ class SlideCallChart(QWidget):
 
 
 def slide_call_text(call: SlideCall | None, exact: bool) -> tuple[str, str]:
-    """(headline, details) describing the slide call for the dock."""
+    """(headline, details) of the slide call for the dock (the core's one wording)."""
     if call is None:
-        return "No slide call yet", ""
-    if call.abstained:
-        headline = f"No call: {call.reason}"
-    else:
-        headline = f"Slide call: {call.call} ({call.probabilities[call.call]:.2f})"
-    percentage = f"{call.blast_percentage:.1f} %" if math.isfinite(call.blast_percentage) else "n/a"
-    details = (
-        f"{call.n_blasts} blasts used (minimum {call.min_blasts}) · blasts "
-        f"{percentage} of {call.n_nucleated} nucleated cells · {call.pooling} pooling"
-    )
-    details += " · 95% interval: bootstrap over cells" if exact else " · interval updating…"
-    return headline, details
+        return call_headline(None), ""
+    return call_headline(call, exact=exact), call_details(call, exact=exact)
 
 
 class FeaturesModel(QAbstractTableModel):
