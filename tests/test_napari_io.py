@@ -100,7 +100,7 @@ def test_the_reader_claims_only_geojson_files():
 
 
 def test_a_geojson_from_the_export_dock_reopens_over_its_image(
-    make_napari_viewer_proxy, monkeypatch, tmp_path
+    make_napari_viewer_proxy, monkeypatch, tmp_path, qtbot
 ):
     isolate_settings(monkeypatch, tmp_path)
     viewer = make_napari_viewer_proxy()
@@ -112,7 +112,7 @@ def test_a_geojson_from_the_export_dock_reopens_over_its_image(
         box.value = name == "geojson"
     dock.include_non_nucleated.value = True  # every cell, so the layers compare pixel for pixel
     dock.run_button.native.click()
-    wait_for(dock)
+    wait_for(dock, qtbot)
 
     (opened,) = viewer.open(str(export_paths(tmp_path / "out", "smear")["geojson"]), plugin=PLUGIN)
     assert np.array_equal(opened.data, session.layer.data)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from blastscope import segment as segment_module
 from blastscope.io import ImageInputError
 from blastscope.models import BundleError
 from blastscope.pipeline import (
@@ -23,6 +22,7 @@ from blastscope.pipeline import (
 from blastscope.predict import PredictionError
 from blastscope.progress import run_steps
 from blastscope.segment import SegmentationParams
+from blastscope.segment import loading as segment_loading
 from blastscope.synthetic import generate_field
 from forward_counter import ForwardCounter
 
@@ -128,7 +128,7 @@ def test_an_impossible_pixel_size_is_refused_before_any_model_loads(field, monke
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded for an impossible pixel size")
 
-    monkeypatch.setattr(segment_module, "load_segmenter", no_model)
+    monkeypatch.setattr(segment_loading, "load_segmenter", no_model)
     config = PipelineConfig(blast_model=None, mutation_model=None)
     with pytest.raises(ImageInputError, match=r"between 0\.02 and 5 µm per pixel"):
         analyse(field.image, pixel_size, config)

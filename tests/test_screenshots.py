@@ -44,7 +44,7 @@ def save(viewer, folder: Path, name: str) -> np.ndarray:
     return shot
 
 
-def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots, tmp_path):
+def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots, tmp_path, qtbot):
     viewer = make_napari_viewer_proxy(show=True)
     viewer.window.resize(*WINDOW_SIZE)
     (image,) = viewer.open_sample(PLUGIN, "synthetic_npm1")
@@ -53,21 +53,21 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots,
 
     dock.setCurrentIndex(0)
     dock.segment.run()
-    wait_for(dock.segment)
+    wait_for(dock.segment, qtbot)
     assert viewer.layers["synthetic smear (NPM1) cells"].features["is_nucleated"].sum() > 20
     shots["segment"] = save(viewer, screenshots, "segment")
 
     dock.setCurrentIndex(1)
     assert dock.classify.bundles.combo.value == DEFAULT_BLAST_MODEL  # the product's default
     dock.classify.run()
-    wait_for(dock.classify)
+    wait_for(dock.classify, qtbot)
     session = dock.classify.session
     shots["classify"] = save(viewer, screenshots, "classify")
 
     dock.setCurrentIndex(2)
     assert dock.mutation.bundles.combo.value == DEFAULT_MUTATION_MODEL
     dock.mutation.run()
-    wait_for(dock.mutation)
+    wait_for(dock.mutation, qtbot)
     shots["mutation"] = save(viewer, screenshots, "mutation")
     dock.mutation.colour_by.value = "mutation class"
     shots["mutation_classes"] = save(viewer, screenshots, "mutation_classes")
@@ -88,14 +88,14 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots,
     layer.brush_size = 12
     layer.paint(tuple(features[["centroid_y", "centroid_x"]].iloc[row].round().astype(int)), 9999)
     dock.edit.run_button.native.click()
-    wait_for(dock.edit)
+    wait_for(dock.edit, qtbot)
     assert 9999 in layer.features["label"].tolist()
     shots["edit"] = save(viewer, screenshots, "edit")
 
     dock.setCurrentIndex(5)
     dock.export.folder.value = str(tmp_path / "export")
     dock.export.run()
-    wait_for(dock.export)
+    wait_for(dock.export, qtbot)
     shots["export"] = save(viewer, screenshots, "export")
 
     assert image.name == "synthetic smear (NPM1)"

@@ -12,7 +12,6 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from blastscope import segment as segment_module
 from blastscope.io import ImageInputError
 from blastscope.models.bundle import BundleError, resolve_bundle_path
 from blastscope.progress import Progress
@@ -28,6 +27,7 @@ from blastscope.segment import (
     segment_steps,
     segmenter_choices,
 )
+from blastscope.segment import memory as segment_memory
 from blastscope.synthetic import generate_field
 from blastscope.train.boxes import wbc_box_matches
 from segmentation_cases import bccd_val_segmentations
@@ -273,7 +273,7 @@ def test_the_memory_estimate_grows_with_the_field_and_the_enlargement():
 
 
 def test_a_run_too_large_for_the_memory_is_refused_before_the_network(monkeypatch):
-    monkeypatch.setattr(segment_module, "available_memory_bytes", lambda: 256 * 2**20)
+    monkeypatch.setattr(segment_memory, "available_memory_bytes", lambda: 256 * 2**20)
     backend = load_segmenter(SegmentationParams().model, "cpu")
 
     def no_network(*args, **kwargs):

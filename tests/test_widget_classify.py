@@ -57,13 +57,13 @@ def veil_alpha(veil, p_blast: float) -> float:
     return float(veil.colormap.map(np.array([(p_blast - low) / (high - low)]))[0, 3])
 
 
-def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy):
+def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
     counter = ForwardCounter(widget.bundles.load())
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
 
     expected = run_steps(
         classify_stage(smear().image, smear_cells(), load_classifier(BLAST_BUNDLE, "blast"))
@@ -93,18 +93,20 @@ def test_classify_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy)
 
     names = [layer.name for layer in viewer.layers]
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert [layer.name for layer in viewer.layers] == names
     assert counter.calls == 2
 
 
-def test_threshold_slider_recolours_and_recounts_without_the_network(make_napari_viewer_proxy):
+def test_threshold_slider_recolours_and_recounts_without_the_network(
+    make_napari_viewer_proxy, qtbot
+):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
     counter = ForwardCounter(widget.bundles.load())
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     classified = session.result
     counted = counter.counts
     p_blast = session.layer.features["p_blast"].to_numpy()
@@ -127,14 +129,14 @@ def test_threshold_slider_recolours_and_recounts_without_the_network(make_napari
     assert veil_alpha(veil, high_cell) == 0.0
     assert veil_alpha(veil, threshold) == 0.0  # p >= t is a blast: not dimmed
 
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     expected = rethreshold(classified, threshold)
     pd.testing.assert_frame_equal(session.result.cells, expected.cells, check_exact=True)
     assert session.result.provenance["blast"]["threshold"] == threshold
     assert counter.counts == counted
 
 
-def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
+def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
@@ -144,7 +146,7 @@ def test_cancel_mid_run_leaves_the_layers_unchanged(make_napari_viewer_proxy):
     names = [layer.name for layer in viewer.layers]
     probe = cancel_at_first_progress(widget, "classify")
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert probe.clicked.is_set()
     assert probe.aborted.is_set()
     total = int(np.ceil(features["is_nucleated"].sum() / 2))
@@ -171,13 +173,15 @@ def test_errors_are_shown_with_what_to_do(make_napari_viewer_proxy):
     assert not session.classified
 
 
-def test_grey_image_with_scale_and_translate_is_classified_in_place(make_napari_viewer_proxy):
+def test_grey_image_with_scale_and_translate_is_classified_in_place(
+    make_napari_viewer_proxy, qtbot
+):
     viewer = make_napari_viewer_proxy()
     image, session = add_smear_with_cells(viewer, grey=True, translate=(12.5, -4.0))
     widget = classify_dock(viewer)
     with notifications() as messages:
         widget.run()
-        wait_for(widget)
+        wait_for(widget, qtbot)
     assert any(m.startswith("Single-channel image: replicated to RGB.") for m in messages)
     assert session.classified
     for name in (session.layer.name, session.colour_layer_name, session.veil_layer_name):
@@ -186,12 +190,12 @@ def test_grey_image_with_scale_and_translate_is_classified_in_place(make_napari_
         assert tuple(layer.translate) == (12.5, -4.0)
 
 
-def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy):
+def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer)
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     features = session.layer.features
     row = features[features["is_nucleated"]].iloc[0]
     inside = np.argwhere(session.result.labels == row["label"])[0]
@@ -201,14 +205,14 @@ def test_hovering_a_cell_shows_its_probabilities(make_napari_viewer_proxy):
     assert status.index("p_blast") < status.index("area_px")
 
 
-def test_a_demo_bundle_shows_the_not_for_diagnosis_notice(make_napari_viewer_proxy):
+def test_a_demo_bundle_shows_the_not_for_diagnosis_notice(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     widget = classify_dock(viewer, BLAST_BUNDLE)  # shipped bundles are demonstration models
     assert not widget._demo.native.isHidden()  # shown (the test window itself is hidden)
     assert widget._demo.value == DEMO_TEXT
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert session.demo
     notice = viewer.canvas.overlays["text"]
     assert notice.visible

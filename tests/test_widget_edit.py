@@ -33,15 +33,15 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-def analysed_viewer(make_viewer):
+def analysed_viewer(make_viewer, qtbot):
     """(viewer, session, classify, mutation, edit docks): the smear classified, mutation run."""
     viewer = make_viewer()
-    session, classify = add_classified_smear(viewer)
+    session, classify = add_classified_smear(viewer, qtbot)
     _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
     choose_bundle(mutation, MUTATION_BUNDLE)
     mutation.min_blasts.value = 5
     mutation.run()
-    wait_for(mutation)
+    wait_for(mutation, qtbot)
     _, edit = viewer.window.add_plugin_dock_widget(PLUGIN, "Edit and re-classify")
     return viewer, session, classify, mutation, edit
 
@@ -51,8 +51,8 @@ def deepest_pixel(labels: np.ndarray, label: int) -> tuple[int, int]:
     return np.unravel_index(np.argmax(ndi.distance_transform_edt(mask)), mask.shape)
 
 
-def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_proxy):
-    _, session, classify, mutation, edit = analysed_viewer(make_napari_viewer_proxy)
+def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_proxy, qtbot):
+    _, session, classify, mutation, edit = analysed_viewer(make_napari_viewer_proxy, qtbot)
     before = session.result
     features = session.layer.features
     label = int(features.loc[features["is_nucleated"], "label"].iloc[2])
@@ -68,7 +68,7 @@ def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_p
     counters = [ForwardCounter(c) for c in classifiers]
 
     edit.run_button.native.click()
-    wait_for(edit)
+    wait_for(edit, qtbot)
 
     expected = run_steps(
         reclassify_stage(
@@ -97,24 +97,24 @@ def test_painting_a_cell_reclassifies_only_the_edited_cells(make_napari_viewer_p
     assert edit.status.value == "2 cells re-classified, 0 removed"
 
 
-def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy):
-    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
+def test_auto_mode_reclassifies_after_an_erase(make_napari_viewer_proxy, qtbot):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, qtbot)
     edit.delay_ms.value = 200
     edit.auto.value = True
     features = session.layer.features
     label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
     count = len(features)
     session.layer.fill(deepest_pixel(session.result.labels, label), 0)
-    wait_until(lambda: len(session.layer.features) == count - 1)
-    wait_for(edit)
+    wait_until(lambda: len(session.layer.features) == count - 1, qtbot)
+    wait_for(edit, qtbot)
     assert label not in session.layer.features["label"].tolist()
     assert label not in session.result.labels
     assert edit.status.value == "0 cells re-classified, 1 removed"
     assert session.result.provenance["edits"][-1] == {"changed": [], "removed": [label]}
 
 
-def test_napari_undo_of_an_edit_updates_the_dock_and_auto_mode(make_napari_viewer_proxy):
-    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
+def test_napari_undo_of_an_edit_updates_the_dock_and_auto_mode(make_napari_viewer_proxy, qtbot):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, qtbot)
     layer = session.layer
     features = layer.features
     label = int(features.loc[features["is_nucleated"], "label"].iloc[0])
@@ -128,16 +128,16 @@ def test_napari_undo_of_an_edit_updates_the_dock_and_auto_mode(make_napari_viewe
     edit.auto.value = True
     count = len(features)
     layer.fill(deepest_pixel(session.result.labels, label), 0)
-    wait_until(lambda: len(session.layer.features) == count - 1)
-    wait_for(edit)
+    wait_until(lambda: len(session.layer.features) == count - 1, qtbot)
+    wait_for(edit, qtbot)
     layer.undo()  # brings the erased cell back: auto mode re-classifies it
-    wait_until(lambda: len(session.layer.features) == count)
-    wait_for(edit)
+    wait_until(lambda: len(session.layer.features) == count, qtbot)
+    wait_for(edit, qtbot)
     assert label in session.result.labels
 
 
-def test_reclassify_without_edits_says_so(make_napari_viewer_proxy):
-    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy)
+def test_reclassify_without_edits_says_so(make_napari_viewer_proxy, qtbot):
+    _, session, _, _, edit = analysed_viewer(make_napari_viewer_proxy, qtbot)
     before = session.result
     with notifications() as messages:
         edit.run_button.native.click()

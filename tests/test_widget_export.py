@@ -35,13 +35,15 @@ def export_dock(viewer, folder, formats):
     return widget
 
 
-def test_export_writes_the_chosen_formats_with_the_users_calls(make_napari_viewer_proxy, tmp_path):
+def test_export_writes_the_chosen_formats_with_the_users_calls(
+    make_napari_viewer_proxy, tmp_path, qtbot
+):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
     choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     classify.threshold.value = 0.9
     features = session.layer.features
     label = int(features.loc[features["is_nucleated"] & ~features["is_blast"], "label"].iloc[0])
@@ -52,7 +54,7 @@ def test_export_writes_the_chosen_formats_with_the_users_calls(make_napari_viewe
     widget = export_dock(viewer, out, ("csv", "geojson"))
     assert widget.stem.value == "smear"
     widget.run_button.native.click()
-    wait_for(widget)
+    wait_for(widget, qtbot)
 
     targets = export_paths(out, "smear")
     expected = [targets["geojson"], targets["csv"], out / "smear_cells.csv.json", targets["run"]]
@@ -70,7 +72,7 @@ def test_export_writes_the_chosen_formats_with_the_users_calls(make_napari_viewe
     assert geo_cells.set_index("label").loc[label, "blast_override"]
 
 
-def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path):
+def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path, qtbot):
     viewer = make_napari_viewer_proxy()
     add_smear_with_cells(viewer)
     widget = export_dock(viewer, None, ("csv",))
@@ -80,7 +82,7 @@ def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path):
 
     widget.folder.value = str(tmp_path)
     widget.run_button.native.click()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     with notifications() as messages:
         widget.run_button.native.click()
     csv = export_paths(tmp_path, "smear")["csv"]
@@ -90,5 +92,5 @@ def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path):
 
     widget.overwrite.value = True
     widget.run_button.native.click()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert csv in widget.paths

@@ -64,6 +64,7 @@ def test_every_dock_follows_the_new_image_and_the_cells_layer_the_user_selects(
 
 def test_classify_right_after_a_second_image_works_on_it_and_mutation_sees_it(
     make_napari_viewer_proxy,
+    qtbot,
 ):
     viewer = make_napari_viewer_proxy()
     add_smear_with_cells(viewer)
@@ -73,16 +74,16 @@ def test_classify_right_after_a_second_image_works_on_it_and_mutation_sees_it(
     image = add_smear(viewer, name="second smear")
     second = show_result(viewer, image, smear_cells())
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     assert second.classified
     assert mutation.session is second
     with notifications() as messages:
         mutation.run()
-        wait_for(mutation)
+        wait_for(mutation, qtbot)
     assert not any("Classify blasts first" in message for message in messages)
 
 
-def test_running_on_a_hidden_layer_asks_first(make_napari_viewer_proxy, monkeypatch):
+def test_running_on_a_hidden_layer_asks_first(make_napari_viewer_proxy, monkeypatch, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
@@ -107,11 +108,13 @@ def test_running_on_a_hidden_layer_asks_first(make_napari_viewer_proxy, monkeypa
 
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     assert session.classified
 
 
-def test_segment_shows_the_pixel_size_in_use_and_refuses_a_second_run(make_napari_viewer_proxy):
+def test_segment_shows_the_pixel_size_in_use_and_refuses_a_second_run(
+    make_napari_viewer_proxy, qtbot
+):
     viewer = make_napari_viewer_proxy()
     image = add_smear(viewer)
     _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
@@ -133,7 +136,7 @@ def test_segment_shows_the_pixel_size_in_use_and_refuses_a_second_run(make_napar
         segment.run()  # a second run while the first goes: a message, no exception
     assert any("still running" in message for message in messages)
     segment.runner.cancel()
-    wait_for(segment)
+    wait_for(segment, qtbot)
     assert segment._recompute_button.enabled
 
 
@@ -158,6 +161,7 @@ def test_the_docks_are_in_napari_menus_by_what_they_do(make_napari_viewer_proxy)
 
 def test_columns_other_plugins_add_to_the_features_survive_our_updates(
     make_napari_viewer_proxy,
+    qtbot,
 ):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
@@ -167,7 +171,7 @@ def test_columns_other_plugins_add_to_the_features_survive_our_updates(
     features["cluster"] = np.arange(len(features)) % 3  # what another plugin adds
     session.layer.features = features
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     classify.threshold.value = 0.8
     session.flush()
     features = session.layer.features
@@ -177,7 +181,7 @@ def test_columns_other_plugins_add_to_the_features_survive_our_updates(
 
 
 def test_closing_the_viewer_mid_run_stops_the_worker_without_a_traceback(
-    make_napari_viewer_proxy, monkeypatch
+    make_napari_viewer_proxy, monkeypatch, qtbot
 ):
     import sys
 
@@ -193,14 +197,14 @@ def test_closing_the_viewer_mid_run_stops_the_worker_without_a_traceback(
     assert runner.running
     worker = runner.worker
     viewer.close()
-    wait_until(lambda: not worker.is_running, timeout_s=60)
+    wait_until(lambda: not worker.is_running, qtbot, timeout_s=60)
     for _ in range(20):
         QApplication.processEvents()
     assert raised == []
     assert worker.abort_requested  # stopped, not run to the end
 
 
-def test_painting_during_a_run_is_kept_when_the_run_returns(make_napari_viewer_proxy):
+def test_painting_during_a_run_is_kept_when_the_run_returns(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
@@ -212,7 +216,7 @@ def test_painting_during_a_run_is_kept_when_the_run_returns(make_napari_viewer_p
     layer.paint((20, 20), int(np.asarray(layer.data).max()) + 1)  # a new cell, mid-run
     painted = np.array(layer.data, copy=True)
     with notifications() as messages:
-        wait_for(classify)
+        wait_for(classify, qtbot)
     assert np.array_equal(np.asarray(layer.data), painted)
     assert any("your edits are kept" in message for message in messages)
     assert session.classified

@@ -30,10 +30,10 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-def inspected_viewer(make_napari_viewer):
+def inspected_viewer(make_napari_viewer, qtbot):
     """(viewer, session, classify dock, inspector dock) with the smear's cells classified."""
     viewer = make_napari_viewer(show=True)  # shown: canvas clicks map to the right place
-    session, classify = add_classified_smear(viewer)
+    session, classify = add_classified_smear(viewer, qtbot)
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
     return viewer, session, classify, inspector
 
@@ -63,7 +63,7 @@ def press(viewer, key: Qt.Key, qtbot) -> None:
 def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
     make_napari_viewer, qtbot
 ):
-    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer)
+    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer, qtbot)
     label = nucleated_labels(session)[3]
     click_cell(viewer, session, label, qtbot)
 
@@ -90,8 +90,8 @@ def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
     assert np.abs(crop.astype(int) - expected).max() <= 1
 
 
-def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer):
-    viewer, session, _, inspector = inspected_viewer(make_napari_viewer)
+def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer, qtbot):
+    viewer, session, _, inspector = inspected_viewer(make_napari_viewer, qtbot)
     table = inspector.table
     table.sortByColumn(
         list(session.layer.features.columns).index("p_blast"), Qt.SortOrder.DescendingOrder
@@ -110,7 +110,7 @@ def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer):
 def test_an_override_changes_the_counts_survives_threshold_changes_and_undoes(
     make_napari_viewer, qtbot
 ):
-    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer)
+    viewer, session, classify, inspector = inspected_viewer(make_napari_viewer, qtbot)
     features = session.layer.features
     model_calls = features.set_index("label")["blast_call"]
     first, second = (
@@ -132,7 +132,7 @@ def test_an_override_changes_the_counts_survives_threshold_changes_and_undoes(
 
     for threshold in (1.0, 0.0, session.threshold):
         classify.threshold.value = threshold
-        wait_until(lambda: session.exact)
+        wait_until(lambda: session.exact, qtbot)
         cells = session.result.cells.set_index("label")
         assert cells.loc[first, "blast_override"]
         assert cells.loc[first, "is_blast"]
@@ -145,15 +145,15 @@ def test_an_override_changes_the_counts_survives_threshold_changes_and_undoes(
     press(viewer, Qt.Key.Key_U, qtbot)
     assert session.counts()["blasts"] == blasts + 1
     inspector.undo.native.click()
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     assert session.counts()["blasts"] == blasts
     assert session.result.cells["blast_override"].isna().all()
     assert session.result.cells.set_index("label")["blast_call"].equals(model_calls)
     assert pd.isna(session.layer.features.set_index("label").loc[first, "blast_override"])
 
 
-def test_override_without_a_selected_cell_says_what_to_do(make_napari_viewer):
-    _, _, _, inspector = inspected_viewer(make_napari_viewer)
+def test_override_without_a_selected_cell_says_what_to_do(make_napari_viewer, qtbot):
+    _, _, _, inspector = inspected_viewer(make_napari_viewer, qtbot)
     with notifications() as messages:
         inspector.mark_blast.native.click()
     assert "Select a cell first: click it in pan/zoom mode or pick a table row." in messages

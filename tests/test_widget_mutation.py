@@ -35,11 +35,11 @@ def _settings(monkeypatch, tmp_path):
     isolate_settings(monkeypatch, tmp_path)
 
 
-def classified_viewer(make_viewer):
+def classified_viewer(make_viewer, qtbot):
     """A viewer with the smear's cells classified; returns (viewer, session, classify, mutation
     docks)."""
     viewer = make_viewer()
-    session, classify = add_classified_smear(viewer)
+    session, classify = add_classified_smear(viewer, qtbot)
     _, mutation = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
     choose_bundle(mutation, MUTATION_BUNDLE)
     return viewer, session, classify, mutation
@@ -55,13 +55,13 @@ def assert_same_call(shown, expected) -> None:
         assert shown.interval[name] == pytest.approx(expected.interval[name])
 
 
-def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_viewer_proxy):
-    viewer, session, _, widget = classified_viewer(make_napari_viewer_proxy)
+def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_viewer_proxy, qtbot):
+    viewer, session, _, widget = classified_viewer(make_napari_viewer_proxy, qtbot)
     widget.min_blasts.value = 5
     widget.min_probability.value = 0.2
     classified = session.result
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
 
     settings = SlideCallSettings(min_blasts=5, min_probability=0.2)
     expected = run_steps(
@@ -100,11 +100,11 @@ def test_slide_call_panel_shows_the_core_call_and_the_class_view(make_napari_vie
     assert not colours.colorbar.visible
 
 
-def test_settings_and_threshold_repool_the_call_without_inference(make_napari_viewer_proxy):
-    _, session, classify, widget = classified_viewer(make_napari_viewer_proxy)
+def test_settings_and_threshold_repool_the_call_without_inference(make_napari_viewer_proxy, qtbot):
+    _, session, classify, widget = classified_viewer(make_napari_viewer_proxy, qtbot)
     widget.min_blasts.value = 5
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     counters = [ForwardCounter(c) for c in (classify.classifier, widget.classifier)]
     before = session.result
 
@@ -112,20 +112,20 @@ def test_settings_and_threshold_repool_the_call_without_inference(make_napari_vi
     widget.min_blasts.value = blasts + 1
     assert widget.headline.text() == f"No call: insufficient blasts: {blasts} < {blasts + 1}"
     assert "interval updating" in widget.details.text()
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     settings = SlideCallSettings(min_blasts=blasts + 1)
     assert_same_call(session.result.slide_call, recall_slide(before, settings).slide_call)
     assert "95% interval" in widget.details.text()
 
     widget.pooling.value = "geometric"
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     settings = SlideCallSettings(pooling="geometric", min_blasts=blasts + 1)
     assert_same_call(session.result.slide_call, recall_slide(before, settings).slide_call)
 
     p_blast = session.layer.features["p_blast"].to_numpy()
     threshold = split_threshold(p_blast, session.threshold)
     classify.threshold.value = threshold
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     expected = rethreshold(before, threshold, settings)
     assert_same_call(session.result.slide_call, expected.slide_call)
     assert session.result.slide_call.n_blasts != blasts
@@ -135,7 +135,7 @@ def test_settings_and_threshold_repool_the_call_without_inference(make_napari_vi
     assert [counter.counts for counter in counters] == [(0, 0), (0, 0)]  # no inference
 
 
-def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
+def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     _, unclassified = add_smear_with_cells(viewer)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Predict mutation")
@@ -147,13 +147,13 @@ def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
     choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     features = unclassified.layer.features.copy()
     widget._batch_size.value = 2
     counter = ForwardCounter(widget.bundles.load())
     probe = cancel_at_first_progress(widget, "mutation")
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert probe.clicked.is_set()
     assert probe.aborted.is_set()
     total = int(np.ceil(features["is_nucleated"].sum() / 2))
@@ -163,12 +163,14 @@ def test_cancel_and_errors_leave_the_layers_unchanged(make_napari_viewer_proxy):
     assert widget.headline.text() == "No slide call yet"
 
 
-def test_cells_no_longer_blasts_lose_their_mutation_colour_and_text(make_napari_viewer_proxy):
+def test_cells_no_longer_blasts_lose_their_mutation_colour_and_text(
+    make_napari_viewer_proxy, qtbot
+):
     from blastscope.widgets._inspector import describe_cell
 
-    viewer, session, classify, widget = classified_viewer(make_napari_viewer_proxy)
+    viewer, session, classify, widget = classified_viewer(make_napari_viewer_proxy, qtbot)
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     widget.colour_by.value = COLOUR_BY[1]
     features = session.layer.features
     blasts = np.flatnonzero(features["is_blast"].to_numpy())
@@ -176,7 +178,7 @@ def test_cells_no_longer_blasts_lose_their_mutation_colour_and_text(make_napari_
     # raise the threshold above the lowest-scoring blast: it stops being a blast
     demoted = blasts[np.argmin(p_blast[blasts])]
     classify.threshold.value = min(1.0, float(p_blast[demoted]) + 0.01)
-    wait_until(lambda: session.exact)
+    wait_until(lambda: session.exact, qtbot)
     features = session.layer.features
     assert not features["is_blast"].iloc[demoted]
     label = int(features["label"].iloc[demoted])

@@ -26,10 +26,10 @@ def _settings(monkeypatch, tmp_path):
 
 
 def test_a_saved_review_reopens_with_threshold_overrides_and_audit(
-    make_napari_viewer_proxy, tmp_path
+    make_napari_viewer_proxy, tmp_path, qtbot
 ):
     viewer = make_napari_viewer_proxy()
-    session, classify = add_classified_smear(viewer)
+    session, classify = add_classified_smear(viewer, qtbot)
     classify.threshold.value = 0.7
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
     inspector.next_uncertain.native.click()
@@ -49,7 +49,7 @@ def test_a_saved_review_reopens_with_threshold_overrides_and_audit(
     _, export = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
     export.folder.value = str(tmp_path)
     export.save_review_button.native.click()
-    wait_for(export)
+    wait_for(export, qtbot)
     folder = tmp_path / "smear.review"
     assert export.paths == [folder]
     with notifications() as messages:

@@ -34,12 +34,12 @@ def segment_dock(viewer):
     return widget
 
 
-def test_segmentation_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy):
+def test_segmentation_matches_the_core_and_reruns_in_place(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     image = add_smear(viewer)
     widget = segment_dock(viewer)
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
 
     field = smear()
     expected = run_steps(segment_stage(field.image, field.pixel_size_um, widget.params()))
@@ -56,11 +56,11 @@ def test_segmentation_matches_the_core_and_reruns_in_place(make_napari_viewer_pr
 
     names = [item.name for item in viewer.layers]
     widget.run()
-    wait_for(widget)
+    wait_for(widget, qtbot)
     assert [item.name for item in viewer.layers] == names
 
 
-def test_cancel_stops_a_tiled_field_after_its_first_tile(make_napari_viewer_proxy):
+def test_cancel_stops_a_tiled_field_after_its_first_tile(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     field = smear()
     tiled = np.tile(field.image, (4, 4, 1))  # 2048 x 2048, 16 tiles of 512
@@ -69,7 +69,7 @@ def test_cancel_stops_a_tiled_field_after_its_first_tile(make_napari_viewer_prox
     widget._tile_size.value = 512
     probe = cancel_at_first_progress(widget, "segment")
     widget.run()
-    wait_for(widget, timeout_s=120)
+    wait_for(widget, qtbot, timeout_s=120)
     assert probe.clicked.is_set()
     assert probe.aborted.is_set()
     tiles = [event for event in probe.events if event.stage == "segment"]
@@ -78,7 +78,7 @@ def test_cancel_stops_a_tiled_field_after_its_first_tile(make_napari_viewer_prox
     assert [item.name for item in viewer.layers] == ["large"]
 
 
-def test_a_stack_and_an_empty_image_are_refused_with_the_fix(make_napari_viewer_proxy):
+def test_a_stack_and_an_empty_image_are_refused_with_the_fix(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     rng = np.random.default_rng(0)
     stack = viewer.add_image(rng.integers(0, 255, (5, 64, 64), dtype=np.uint8), name="stack")
@@ -91,20 +91,21 @@ def test_a_stack_and_an_empty_image_are_refused_with_the_fix(make_napari_viewer_
         widget._image.value = layer
         with notifications() as messages:
             widget.run()
-            wait_for(widget)
+            wait_for(widget, qtbot)
         assert any(text in message for message in messages), messages
         assert [item.name for item in viewer.layers] == ["stack", "empty"]
 
 
 def test_grey_image_with_scale_and_translate_is_segmented_with_a_notice(
     make_napari_viewer_proxy,
+    qtbot,
 ):
     viewer = make_napari_viewer_proxy()
     image = add_smear(viewer, grey=True, translate=(3.0, 7.5))
     widget = segment_dock(viewer)
     with notifications() as messages:
         widget.run()
-        wait_for(widget)
+        wait_for(widget, qtbot)
     assert any(m.startswith("Single-channel image: replicated to RGB.") for m in messages)
     layer = viewer.layers["smear cells"]
     assert layer.data.shape == smear().labels.shape

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,33 +101,35 @@ def add_smear_with_cells(viewer, **image_options) -> tuple[object, CellsSession]
     return image, show_result(viewer, image, smear_cells())
 
 
-def add_classified_smear(viewer) -> tuple[CellsSession, object]:
+def add_classified_smear(viewer, qtbot) -> tuple[CellsSession, object]:
     """The smear, its cells layer and the Classify blasts dock run with the shipped blast
-    bundle; returns (session, classify dock)."""
+    bundle (``qtbot`` waits for the run); returns (session, classify dock)."""
     _, session = add_smear_with_cells(viewer)
     _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
     choose_bundle(classify, BLAST_BUNDLE)
     classify.run()
-    wait_for(classify)
+    wait_for(classify, qtbot)
     return session, classify
 
 
-def wait_for(widget, timeout_s: float = 60.0) -> None:
-    """Process events until the widget's run has finished."""
-    deadline = time.monotonic() + timeout_s
-    while widget.runner.running:
-        assert time.monotonic() < deadline, "the run did not finish"
-        QApplication.processEvents()
-        time.sleep(0.005)
+def wait_for(widget, qtbot, timeout_s: float = 60.0) -> None:
+    """Let Qt run (``qtbot.waitUntil``) until the widget's run has finished, then deliver the
+    run's last queued signals."""
+
+    def finished() -> None:
+        assert not widget.runner.running, "the run did not finish"
+
+    qtbot.waitUntil(finished, timeout=round(timeout_s * 1000))
     QApplication.processEvents()
 
 
-def wait_until(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        QApplication.processEvents()
-        time.sleep(0.005)
+def wait_until(condition, qtbot, timeout_s: float = 30.0) -> None:
+    """Let Qt run (``qtbot.waitUntil``) until ``condition()`` is true."""
+
+    def reached() -> None:
+        assert condition(), "condition not reached"
+
+    qtbot.waitUntil(reached, timeout=round(timeout_s * 1000))
 
 
 @dataclass

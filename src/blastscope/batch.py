@@ -51,9 +51,10 @@ from blastscope.io import ImageInputError, file_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
+from blastscope.slide import Region
 from blastscope.slide_call import SlideCall
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".png", ".jpg", ".jpeg", ".bmp")
 MARKER_NAME = "slide.json"
 MARKER_FORMAT = "blastscope-slide"
 MARKER_VERSION = 2
@@ -223,7 +224,10 @@ def slide_folder(out_dir: str | Path, slide_id: str) -> Path:
 
 
 def slide_settings(
-    config: PipelineConfig, pixel_size_um: float | None, formats: Sequence[str]
+    config: PipelineConfig,
+    pixel_size_um: float | None,
+    formats: Sequence[str],
+    region: Region | None = None,
 ) -> dict[str, Any]:
     """What a slide's outputs depend on besides its images (JSON-ready): the segmentation
     settings, the models (names and weight hashes), the blast threshold, the slide-call settings,
@@ -243,6 +247,8 @@ def slide_settings(
         "pixel_size_um": pixel_size_um,
         "formats": sorted(formats),
     }
+    if region is not None:  # only then: records of whole-field runs keep their settings key
+        settings["region"] = region.as_text()
     return jsonable(settings, "the slide settings")
 
 
@@ -474,11 +480,13 @@ def _expected_outputs(folder: Path, slide: Slide, formats: Sequence[str]) -> lis
     return [*paths, folder / MARKER_NAME]
 
 
-def _read_every_field(slide: Slide, pixel_size_um: float | None) -> Steps[None]:
+def _read_every_field(
+    slide: Slide, pixel_size_um: float | None, region: Region | None = None
+) -> Steps[None]:
     """Open and decode every field, so an unreadable one fails the slide before any analysis."""
     for index, path in enumerate(slide.fields):
         yield Progress("checking fields", index, len(slide.fields), path.name)
-        read_field(path, pixel_size_um)
+        read_field(path, pixel_size_um, region=region)
     yield Progress("checking fields", len(slide.fields), len(slide.fields))
 
 
@@ -507,8 +515,11 @@ def slide_steps(
     overwrite: bool = False,
     resume: bool = False,
     flag: str = "overwrite=True",
+    region: Region | None = None,
 ) -> Steps[SlideOutcome]:
-    """Analyse every field of ``slide``, export each, pool one slide call and mark it done.
+    """Analyse every field of ``slide``, export each, pool one slide call and mark it done;
+    ``region`` analyses only that rectangle of a whole slide (level-0 pixels; the GeoJSON is
+    written in level-0 coordinates).
 
     Outputs go to ``out_dir/<slide_id>/``; the ``slide.json`` record (fields with their sha256,
     settings, pooled call, counts, outputs) is written last. First every field is read and the
@@ -523,14 +534,14 @@ def slide_steps(
     config = loaded(config or PipelineConfig())
     folder = slide_folder(out_dir, slide.slide_id)
     _check_field_names(slide)
-    settings = slide_settings(config, pixel_size_um, formats)
+    settings = slide_settings(config, pixel_size_um, formats, region)
     state = slide_state(folder, _field_hashes(slide), settings)
     if resume and not overwrite and state.up_to_date:
         return _recorded_outcome(slide, folder, state.record)
     may_replace = overwrite or resume or state.record is None
     notes = [f"redone: {state.reason}"] if state.reason and may_replace else []
 
-    yield from _read_every_field(slide, pixel_size_um)
+    yield from _read_every_field(slide, pixel_size_um, region)
     check_writable(folder)
     if not may_replace:
         since = f"; since then {state.reason}" if state.reason else ""
@@ -546,7 +557,7 @@ def slide_steps(
     tables, outputs, fields, classes = [], [], [], None
     for index, path in enumerate(slide.fields):
         yield Progress("fields", index, len(slide.fields), path.name)
-        image_field = read_field(path, pixel_size_um)
+        image_field = read_field(path, pixel_size_um, region=region)
         result = yield from analyse_steps(
             image_field.image,
             image_field.pixel_size_um,
@@ -555,6 +566,12 @@ def slide_steps(
         )
         result.notices[:0] = image_field.notices
         result.provenance["input_file"] = str(path)
+        if region is not None:
+            result.provenance["region"] = {
+                "x_y_width_height": region.as_text(),
+                "offset_yx": [region.y, region.x],
+                "coordinates": "level-0 pixels of the slide",
+            }
         # from here on the folder no longer matches the old record
         marker.unlink(missing_ok=True)
         try:

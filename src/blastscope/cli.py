@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--overwrite", action="store_true", help="replace existing output files of this slide"
     )
+    run.add_argument(
+        "--roi",
+        type=_region,
+        metavar="X,Y,W,H",
+        help="analyse only this rectangle of a whole slide (pyramidal TIFF, OME-TIFF, SVS): "
+        "x,y,width,height in level-0 pixels, as QuPath shows them; read lazily, the GeoJSON in "
+        "level-0 coordinates",
+    )
     run.set_defaults(handler=_cmd_run)
 
     batch = commands.add_parser(
@@ -403,11 +411,26 @@ def _describe(outcome) -> str:
     return text
 
 
+def _region(text: str):
+    """``--roi``: x,y,width,height in level-0 pixels."""
+    from blastscope.slide import Region, SlideError
+
+    try:
+        return Region.parse(text)
+    except SlideError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from blastscope.batch import find_slide, slide_steps
     from blastscope.progress import run_steps
 
     slide = find_slide(args.image)
+    if args.roi is not None and len(slide.fields) != 1:
+        raise BlastscopeError(
+            f"--roi reads a region of one whole-slide file; {args.image} is a folder of "
+            f"{len(slide.fields)} fields. Give the slide file."
+        )
     steps = slide_steps(
         slide,
         args.out,
@@ -416,6 +439,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         formats=_formats(args),
         overwrite=args.overwrite,
         flag="--overwrite",
+        region=args.roi,
     )
     outcome = run_steps(steps, progress_bars())
     code = _report([outcome], args)

@@ -19,6 +19,7 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,9 @@ class Field:
     path: Path | None = None
     sha256: str | None = None
     notices: list[str] = field(default_factory=list)
+    region: Any = None
+    """The :class:`~blastscope.slide.Region` of a whole slide this field is (level-0 pixels),
+    else None."""
 
 
 def to_rgb_uint8(image: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -189,8 +193,12 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
-    """Read an image file as an RGB field.
+def read_field(
+    path: str | Path, pixel_size_um: float | None = None, *, region: Any = None
+) -> Field:
+    """Read an image file as an RGB field; ``region`` (a :class:`~blastscope.slide.Region`)
+    reads only that rectangle of a whole slide, lazily. A whole slide without a region is
+    refused with the fix (reading it whole would take gigabytes).
 
     The pixel size comes from ``pixel_size_um`` when given (µm per pixel, checked by
     :func:`check_pixel_size`; a notice says so when the file's metadata disagrees), else from
@@ -209,8 +217,11 @@ def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
             f"Could not read {path.name}: the file is empty (0 bytes). Copy or export it again."
         )
     file_pixel_size, read_notices = None, []
+    slide = _whole_slide_field(path, region)
     try:
-        if path.name.lower().endswith(TIFF_SUFFIXES):
+        if slide is not None:
+            raw, file_pixel_size, read_notices = slide
+        elif path.name.lower().endswith(TIFF_SUFFIXES):
             raw, file_pixel_size, read_notices = _read_tiff(path)
         else:
             import imageio.v3 as iio
@@ -250,7 +261,34 @@ def read_field(path: str | Path, pixel_size_um: float | None = None) -> Field:
             )
     else:
         pixel_size_um = file_pixel_size
-    return Field(image, pixel_size_um, path, file_sha256(path), notices)
+    return Field(image, pixel_size_um, path, file_sha256(path), notices, region)
+
+
+def _whole_slide_field(path: Path, region: Any) -> tuple[np.ndarray, float | None, list] | None:
+    """(pixels, pixel size, notices) of ``region`` of a whole slide; None for a plain field.
+    A whole slide without a region is refused with the fix."""
+    from blastscope.slide import SlideError, is_whole_slide, open_slide
+
+    if region is None and not is_whole_slide(path):
+        return None
+    try:
+        with open_slide(path) as slide:
+            if region is None:
+                height, width = slide.shape
+                raise ImageInputError(
+                    f"{path.name} is a whole slide ({width} x {height} pixels): analyse a region "
+                    "of it with --roi x,y,width,height (level-0 pixels, e.g. --roi "
+                    f"0,0,{min(width, 4096)},{min(height, 4096)}); region= in Python."
+                )
+            pixels = slide.read_region(region)
+            notices = [
+                *slide.notices,
+                f"Region {region.as_text()} (x,y,width,height, level-0 pixels) of "
+                f"{path.name} ({slide.shape[1]} x {slide.shape[0]} pixels).",
+            ]
+            return pixels, slide.pixel_size_um, notices
+    except SlideError as error:
+        raise ImageInputError(str(error)) from error
 
 
 def _reason(error: Exception) -> str:
@@ -283,7 +321,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, float | None, list[str]]:
                 f"{path.name} holds {count} images (pages or series); analysing the first "
                 f"(image 1 of {count}{size}). Save another as its own file to analyse it."
             )
-        return image, _tiff_pixel_size_um(tif), notices
+        return image, tiff_pixel_size_um(tif), notices
 
 
 def _leading_pages(axes: str, shape: tuple[int, ...]) -> int:
@@ -292,8 +330,13 @@ def _leading_pages(axes: str, shape: tuple[int, ...]) -> int:
     return max(0, len(shape) - field_axes) if len(axes) == len(shape) else 0
 
 
-def _tiff_pixel_size_um(tif) -> float | None:
-    """µm per pixel from OME-XML, ImageJ metadata or the resolution tags; None if absent."""
+def tiff_pixel_size_um(tif) -> float | None:
+    """µm per pixel from OME-XML, Aperio's ``MPP``, ImageJ metadata or the resolution tags;
+    None if absent (not range-checked: see :func:`check_pixel_size`)."""
+    if tif.is_svs:
+        match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", tif.pages[0].description or "")
+        if match:
+            return float(match.group(1))
     if tif.is_ome and tif.ome_metadata:
         root = ET.fromstring(tif.ome_metadata)
         for element in root.iter():

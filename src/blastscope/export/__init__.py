@@ -184,6 +184,7 @@ def export_result(
                 include_non_nucleated=include_non_nucleated,
                 provenance=provenance,
                 metadata=geojson_metadata,
+                offset_yx=tuple(provenance.get("region", {}).get("offset_yx", (0, 0))),
             )
             write_collection(files, paths["geojson"], collection)
         for table_format in ("csv", "parquet"):

@@ -19,6 +19,7 @@ from blastscope.widgets._layers import (
     cells_layer_name,
     image_pixel_size_um,
     image_rgb,
+    result_region,
 )
 from blastscope.widgets._session import CellsSession, session_for
 
@@ -35,11 +36,12 @@ def demo_label() -> Label:
 
 
 def conversion_notices(image: Image) -> list[str]:
-    """What the core will convert in this image (a single channel, RGBA, 16 bits, ...)."""
-    pixels = image_rgb(image)
-    if image.rgb and pixels.dtype == np.uint8 and pixels.shape[-1] == 3:
+    """What the core will convert in this image (a single channel, RGBA, 16 bits, ...), from
+    a corner of it (a whole slide is not read)."""
+    data = image.data[0] if image.multiscale else image.data
+    if image.rgb and data.dtype == np.uint8 and data.shape[-1] == 3:
         return []
-    return to_rgb_uint8(pixels)[1]
+    return to_rgb_uint8(np.asarray(data[:256, :256]))[1]
 
 
 class SessionDock(Container):
@@ -158,8 +160,8 @@ class SessionDock(Container):
     def current_steps(self, image: Image, cells: Labels) -> tuple[np.ndarray, Steps[SlideResult]]:
         """(pixels, steps) whose result is the cells layer's result, up to date
         (:func:`~blastscope.pipeline.labels_result_steps`, run in the worker)."""
-        pixels = image_rgb(image)
         result = session_for(self._viewer, cells).flush()
+        pixels = image_rgb(image, result_region(result))
         labels = np.asarray(cells.data)
         pixel_size = image_pixel_size_um(image) or cells.metadata.get("pixel_size_um")
         if result is not None:

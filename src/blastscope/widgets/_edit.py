@@ -20,7 +20,7 @@ from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
 from blastscope.widgets._base import SessionDock
-from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._layers import image_rgb, result_region
 from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._session import show_result
 from blastscope.widgets._settings import PersistentValues
@@ -155,7 +155,7 @@ class EditWidget(SessionDock):
         params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
         known = {"blast": session.blast_classifier, "mutation": session.mutation_classifier}
         steps = _reclassify_steps(
-            image_rgb(image),
+            image_rgb(image, result_region(result)),
             result,
             labels,
             known,

@@ -21,7 +21,7 @@ from blastscope.result import SlideResult
 from blastscope.review import Review, save_review
 from blastscope.widgets._base import SessionDock
 from blastscope.widgets._io import NAPARI_KEY, layer_placement
-from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._layers import image_rgb, result_region
 from blastscope.widgets._panels import bold_label
 from blastscope.widgets._review_io import REVIEW_SUFFIX
 from blastscope.widgets._runner import StageRunner
@@ -171,7 +171,7 @@ class ExportWidget(SessionDock):
             return
         steps = export_steps(
             result,
-            image_rgb(image),
+            image_rgb(image, result_region(result)),
             Path(folder),
             stem=stem,
             formats=formats,

@@ -17,7 +17,7 @@ from blastscope.crops import background_fill, cell_crop
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.widgets._base import SessionDock
-from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._layers import image_rgb, result_region
 from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
 from blastscope.widgets._session import NEXT_KEY, OVERRIDE_KEYS, UNDO_KEY
 
@@ -150,7 +150,7 @@ class InspectorWidget(SessionDock):
         read; the fill colour is the field's background, computed once per result."""
         session = self.session
         result = session.result
-        image = image_rgb(self.image_layer())
+        image = image_rgb(self.image_layer(), result_region(result))
         classifier = session.blast_classifier
         if self._fill is None or self._fill[0] is not result.labels:
             self._fill = (result.labels, background_fill(to_rgb_uint8(image)[0], result.labels))

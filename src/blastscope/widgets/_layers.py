@@ -6,10 +6,11 @@ from __future__ import annotations
 import napari
 import numpy as np
 import pandas as pd
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.colormaps import DirectLabelColormap
 
 from blastscope.result import SlideResult
+from blastscope.slide import FIELD_LIMIT_PX
 
 RESULT_KEY = "blastscope_result"
 SOURCE_KEY = "blastscope_source_image"
@@ -85,12 +86,63 @@ def image_pixel_size_um(image_layer: Image) -> float | None:
     return size if size > 0 else None
 
 
-def image_rgb(image_layer: Image) -> np.ndarray:
-    """The layer's pixels as a numpy array (Y, X[, C]) for the core to validate."""
+Box = tuple[int, int, int, int]
+"""A rectangle of an image in its full-resolution pixels: (top, left, bottom, right)."""
+
+
+def image_rgb(image_layer: Image, region: Box | None = None) -> np.ndarray:
+    """The layer's pixels (Y, X[, C]) as a numpy array for the core to validate: the whole
+    image, or only ``region`` (read lazily from a whole slide's full resolution). More than
+    :data:`~blastscope.slide.FIELD_LIMIT_PX` pixels is refused with the fix instead of read."""
     data = image_layer.data
     if image_layer.multiscale:
         data = data[0]
+    if region is not None:
+        top, left, bottom, right = region
+        data = data[top:bottom, left:right]
+    height, width = data.shape[:2]
+    if height * width > FIELD_LIMIT_PX:
+        what = "The region" if region is not None else f"{image_layer.name} is a whole slide:"
+        raise ValueError(
+            f"{what} ({width} x {height} pixels) is too large to analyse as one field. Draw a "
+            "rectangle in a Shapes layer and choose it as the region to analyse, or run a region "
+            "from the command line (blastscope run SLIDE --roi x,y,width,height)."
+        )
     return np.asarray(data)
+
+
+def result_region(result: SlideResult | None) -> Box | None:
+    """The rectangle of its image a result covers (from ``provenance["region"]``), else None
+    (the whole image)."""
+    if result is None or "region" not in result.provenance:
+        return None
+    top, left = (int(value) for value in result.provenance["region"]["offset_yx"])
+    height, width = result.labels.shape[:2]
+    return top, left, top + height, left + width
+
+
+def shapes_region(shapes: Shapes, image_layer: Image) -> Box:
+    """The bounding box of the last shape drawn in ``shapes``, in ``image_layer``'s
+    full-resolution pixels, clipped to the image; raises with the fix when there is none."""
+    if len(shapes.data) == 0:
+        raise ValueError(
+            f"Draw a rectangle in {shapes.name} around the cells to analyse (or choose no region)."
+        )
+    corners = np.asarray(shapes.data[-1], dtype=float)[:, -2:]
+    world = np.array([shapes.data_to_world(point) for point in corners])[:, -2:]
+    pixels = np.array([image_layer.world_to_data(point) for point in world])[:, -2:]
+    data = image_layer.data[0] if image_layer.multiscale else image_layer.data
+    height, width = data.shape[:2]
+    top, left = np.round(pixels.min(axis=0)).astype(int)  # pixel edges, to float precision
+    bottom, right = np.round(pixels.max(axis=0)).astype(int)
+    top, bottom = max(0, top), min(height, bottom)
+    left, right = max(0, left), min(width, right)
+    if bottom - top < 16 or right - left < 16:
+        raise ValueError(
+            f"The last shape of {shapes.name} covers less than 16 x 16 pixels of "
+            f"{image_layer.name}: draw a rectangle over the cells to analyse."
+        )
+    return int(top), int(left), int(bottom), int(right)
 
 
 def show_cells(
@@ -118,13 +170,17 @@ def show_cells(
         "pixel_size_um": result.pixel_size_um,
         "provenance": result.provenance,
     }
+    region = result_region(result)
+    translate = np.asarray(image_layer.translate[-2:], dtype=float)
+    if region is not None:  # the cells of a region lie over it
+        translate = translate + np.asarray(region[:2]) * np.asarray(image_layer.scale[-2:])
     if layer is not None:
         if update_data:
             layer.data = result.labels.copy()
         put_features(layer, result.cells)
         layer.metadata.update(metadata)
         layer.scale = image_layer.scale[-2:]
-        layer.translate = image_layer.translate[-2:]
+        layer.translate = translate
         return layer
     layer = viewer.add_labels(
         result.labels.copy(),
@@ -132,7 +188,7 @@ def show_cells(
         features=layer_features(result.cells),
         metadata=metadata,
         scale=image_layer.scale[-2:],
-        translate=image_layer.translate[-2:],
+        translate=translate,
         colormap=DirectLabelColormap(color_dict={None: OUTLINE_RGBA, 0: (0, 0, 0, 0)}),
         opacity=0.9,
     )

@@ -23,7 +23,7 @@ from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.result import SlideResult
 from blastscope.slide_call import DEFAULT_MIN_BLASTS, DEFAULT_MIN_PROBABILITY, POOLINGS
 from blastscope.widgets._base import SessionDock, demo_label
-from blastscope.widgets._layers import image_rgb
+from blastscope.widgets._layers import image_rgb, result_region
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import SlideCallChart, bold_label, slide_call_text
 from blastscope.widgets._runner import StageRunner
@@ -142,7 +142,9 @@ class MutationWidget(SessionDock):
             return
         params = {"device": self._device.value, "batch_size": int(self._batch_size.value)}
         settings = self.slide_settings()
-        steps = mutation_stage(image_rgb(image), result, classifier, settings=settings, **params)
+        steps = mutation_stage(
+            image_rgb(image, result_region(result)), result, classifier, settings=settings, **params
+        )
         self.runner.start(
             steps,
             lambda new: self._show(image, cells, classifier, record_run(new, "mutation", **params)),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -15,11 +18,12 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.layers import Image, Labels
+from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from blastscope.devices import available_devices
 from blastscope.pipeline import recompute_stage, segment_stage
+from blastscope.progress import Steps
 from blastscope.result import SlideResult
 from blastscope.segment import SegmentationParams, segmenter_choices
 from blastscope.widgets._layers import (
@@ -27,10 +31,28 @@ from blastscope.widgets._layers import (
     cells_layer_name,
     image_pixel_size_um,
     image_rgb,
+    result_region,
+    shapes_region,
 )
 from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._session import show_result
 from blastscope.widgets._settings import PersistentValues
+
+
+def _segment_region_steps(
+    pixels: np.ndarray, pixel_size_um: float | None, params: SegmentationParams, region
+) -> Steps[SlideResult]:
+    """:func:`~blastscope.pipeline.segment_stage` on ``pixels``, recording the ``region``
+    (top, left, bottom, right) of the image they were cut from (exports use level-0 pixels)."""
+    result = yield from segment_stage(pixels, pixel_size_um, params)
+    if region is not None:
+        top, left, bottom, right = region
+        result.provenance["region"] = {
+            "x_y_width_height": f"{left},{top},{right - left},{bottom - top}",
+            "offset_yx": [top, left],
+            "coordinates": "full-resolution pixels of the image",
+        }
+    return result
 
 
 class SegmentWidget(Container):
@@ -41,6 +63,14 @@ class SegmentWidget(Container):
         self._viewer = napari_viewer
         defaults = SegmentationParams()
         self._image = create_widget(annotation=Image, label="image")
+        self._region = create_widget(
+            annotation=Optional[Shapes],  # noqa: UP045 (magicgui reads Optional, not X | None)
+            label="region",
+            options={
+                "tooltip": "A Shapes layer: its last rectangle is the part of the image to "
+                "segment (needed for whole slides); none: the whole image."
+            },
+        )
         models = segmenter_choices()
         self._model = ComboBox(
             label="model",
@@ -102,6 +132,7 @@ class SegmentWidget(Container):
         self.extend(
             [
                 self._image,
+                self._region,
                 self._model,
                 self._model_file,
                 self._pixel_size,
@@ -139,8 +170,9 @@ class SegmentWidget(Container):
         self._estimate_changed()
         self.run_button.changed.connect(self.run)
         self._recompute_button.changed.connect(self.recompute)
-        self._viewer.layers.events.inserted.connect(self._image.reset_choices)
-        self._viewer.layers.events.removed.connect(self._image.reset_choices)
+        for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
+            event.connect(self._image.reset_choices)
+            event.connect(self._region.reset_choices)
         self._viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._image.changed.connect(self._show_pixel_size)
         self._show_pixel_size()
@@ -189,7 +221,14 @@ class SegmentWidget(Container):
             show_error("Choose an image layer to segment (open one with File > Open).")
             return
         pixel_size = self._pixel_size.value or image_pixel_size_um(image_layer)
-        steps = segment_stage(image_rgb(image_layer), pixel_size, self.params())
+        try:
+            shapes = self._region.value
+            region = shapes_region(shapes, image_layer) if isinstance(shapes, Shapes) else None
+            pixels = image_rgb(image_layer, region)
+        except ValueError as error:
+            show_error(str(error))
+            return
+        steps = _segment_region_steps(pixels, pixel_size, self.params(), region)
         self.runner.start(
             steps,
             lambda result: self._show(image_layer, result),
@@ -204,9 +243,15 @@ class SegmentWidget(Container):
         if not isinstance(layer, Labels) or RESULT_KEY not in layer.metadata:
             show_error("Segment the image first: there are no stored network outputs to reuse.")
             return
+        result = layer.metadata[RESULT_KEY]
+        try:
+            pixels = image_rgb(image_layer, result_region(result))
+        except ValueError as error:
+            show_error(str(error))
+            return
         steps = recompute_stage(
-            image_rgb(image_layer),
-            layer.metadata[RESULT_KEY],
+            pixels,
+            result,
             flow_threshold=self._flow_threshold.value,
             cellprob_threshold=self._cellprob_threshold.value,
         )

@@ -1,0 +1,234 @@
+"""Whole-slide files, written here with tifffile: a pyramidal OME-TIFF and an Aperio-style SVS
+(levels, pixel size, regions read lazily, the label image never read), and a region of a slide
+run end to end from the command line with its GeoJSON in level-0 coordinates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from blastscope.cli import main
+from blastscope.io import ImageInputError, read_field
+from blastscope.slide import Region, SlideError, is_whole_slide, open_slide
+from blastscope.synthetic import generate_field
+
+TILE = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
+
+
+def write_ome_pyramid(path: Path, image: np.ndarray, pixel_size_um: float, levels: int = 3):
+    """A pyramidal OME-TIFF: level 0 with ``levels - 1`` sub-resolutions (every 2nd pixel)."""
+    metadata = {
+        "axes": "YXS",
+        "PhysicalSizeX": pixel_size_um,
+        "PhysicalSizeY": pixel_size_um,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeYUnit": "µm",
+    }
+    with tifffile.TiffWriter(path, bigtiff=True) as tiff:
+        tiff.write(image, subifds=levels - 1, metadata=metadata, **TILE)
+        for level in range(1, levels):
+            step = 2**level
+            tiff.write(image[::step, ::step], subfiletype=1, **TILE)
+
+
+def write_svs(path: Path, image: np.ndarray, mpp: float) -> None:
+    """An Aperio-style SVS as scanners lay it out: tiled baseline, a stripped thumbnail, a
+    tiled 4x level, then the label and macro images (which carry patient data)."""
+    description = (
+        f"Aperio Image Library v12.0.15\r\n{image.shape[1]}x{image.shape[0]} [0,0 "
+        f"{image.shape[1]}x{image.shape[0]}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = {mpp}"
+    )
+    other = "Aperio Image Library v12.0.15"
+    plain = {"metadata": None, "photometric": "rgb"}  # no tifffile shape record: a scanner's file
+    tiled = {**TILE, "metadata": None}
+    label = np.full((80, 120, 3), 255, np.uint8)
+    with tifffile.TiffWriter(path) as tiff:
+        tiff.write(image, description=description, **tiled)
+        tiff.write(image[::8, ::8], description=other, **plain)  # thumbnail
+        tiff.write(image[::4, ::4], description=other, **tiled)
+        tiff.write(label, description=f"{other}\nlabel 120x80", subfiletype=1, **plain)
+        tiff.write(label, description=f"{other}\nmacro 120x80", subfiletype=9, **plain)
+
+
+def positions(geometry: dict) -> list[tuple[float, float]]:
+    """Every (x, y) of a GeoJSON geometry, however deeply nested."""
+    found, stack = [], [geometry["coordinates"]]
+    while stack:
+        item = stack.pop()
+        if len(item) == 2 and all(isinstance(value, (int, float)) for value in item):
+            found.append(tuple(item))
+        else:
+            stack.extend(item)
+    return found
+
+
+@pytest.fixture(scope="module")
+def slide_image() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 256, (1500, 2100, 3), dtype=np.uint8)
+
+
+def test_a_pyramidal_ome_tiff_opens_lazily_with_its_levels_and_pixel_size(slide_image, tmp_path):
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, slide_image, 0.25)
+    with open_slide(path) as slide:
+        assert slide.shape == (1500, 2100)
+        assert [level.shape[:2] for level in slide.levels] == [
+            (1500, 2100),
+            (750, 1050),
+            (375, 525),
+        ]
+        assert slide.downsamples == [1.0, 2.0, 4.0]
+        assert slide.pixel_size_um == pytest.approx(0.25)
+        assert slide.level_pixel_size_um(2) == pytest.approx(1.0)
+        assert type(slide.levels[0]).__name__ == "Array"  # dask: nothing decoded yet
+        region = Region(x=300, y=200, width=512, height=256)
+        np.testing.assert_array_equal(slide.read_region(region), slide_image[200:456, 300:812])
+        np.testing.assert_array_equal(
+            slide.read_region(region, level=1), slide_image[::2, ::2][100:228, 150:406]
+        )
+        # a region running off the slide is cut at its edge
+        edge = slide.read_region(Region(2000, 1400, 500, 500))
+        np.testing.assert_array_equal(edge, slide_image[1400:, 2000:])
+        with pytest.raises(SlideError, match="starts outside the slide"):
+            slide.read_region(Region(2100, 0, 10, 10))
+
+
+def test_an_aperio_svs_reads_its_mpp_and_never_its_label_image(slide_image, tmp_path):
+    path = tmp_path / "scan.svs"
+    write_svs(path, slide_image, 0.2520)
+    assert is_whole_slide(path)
+    with open_slide(path) as slide:
+        assert slide.pixel_size_um == pytest.approx(0.252)
+        assert slide.shape == (1500, 2100)
+        assert len(slide.levels) == 2
+        np.testing.assert_array_equal(
+            slide.read_region(Region(0, 0, 64, 64)), slide_image[:64, :64]
+        )
+    with pytest.raises(ImageInputError, match=r"whole slide .*--roi x,y,width,height"):
+        read_field(path)
+    field = read_field(path, region=Region(10, 20, 300, 200))
+    np.testing.assert_array_equal(field.image, slide_image[20:220, 10:310])
+    assert field.pixel_size_um == pytest.approx(0.252)
+    assert any("Region 10,20,300,200" in notice for notice in field.notices)
+
+
+def test_regions_are_checked_with_the_fix():
+    assert Region.parse("12000, 8000, 2048, 2048") == Region(12000, 8000, 2048, 2048)
+    for text in ("1,2,3", "a,b,c,d", "-1,0,10,10", "0,0,0,10", "1.5,0,10,10"):
+        with pytest.raises(SlideError, match=r"x,y,width,height|empty"):
+            Region.parse(text)
+
+
+def test_a_region_of_a_slide_runs_end_to_end_with_level0_coordinates(tmp_path, capsys):
+    field = generate_field(3, "default", shape=(512, 512))
+    canvas = np.zeros((1536, 2048, 3), np.uint8)
+    canvas[:] = np.median(field.image.reshape(-1, 3), axis=0).astype(np.uint8)
+    top, left = 700, 1100
+    canvas[top : top + 512, left : left + 512] = field.image
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, canvas, field.pixel_size_um)
+    out = tmp_path / "out"
+    roi = f"{left},{top},512,512"
+    assert main(["run", str(path), "--out", str(out), "--roi", roi]) == 0
+    folder = out / "slide.ome"
+    collection = json.loads((folder / "slide.ome.geojson").read_text())
+    detections = [
+        feature
+        for feature in collection["features"]
+        if feature["properties"].get("objectType") == "detection"
+    ]
+    assert len(detections) > 10
+    points = np.array([point for feature in detections for point in positions(feature["geometry"])])
+    assert left <= points[:, 0].min()  # x, in level-0 pixels of the slide
+    assert points[:, 0].max() <= left + 512
+    assert top <= points[:, 1].min()
+    assert points[:, 1].max() <= top + 512
+    run = json.loads((folder / "slide.ome_run.json").read_text())
+    assert run["provenance"]["region"]["x_y_width_height"] == roi
+    assert run["pixel_size_um"] == pytest.approx(field.pixel_size_um)
+    with pytest.raises(SystemExit):
+        main(["run", str(path), "--out", str(out), "--roi", "1,2,3"])
+    assert "x,y,width,height" in capsys.readouterr().err
+
+
+@pytest.mark.gui
+def test_napari_opens_a_slide_as_a_lazy_multiscale_image_in_um(
+    make_napari_viewer_proxy, slide_image, tmp_path, monkeypatch
+):
+    from widget_cases import PLUGIN, isolate_settings, notifications
+
+    isolate_settings(monkeypatch, tmp_path)
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, slide_image, 0.25)
+    viewer = make_napari_viewer_proxy()
+    (layer,) = viewer.open(str(path), plugin=PLUGIN)
+    assert layer.multiscale
+    assert [level.shape[:2] for level in layer.data] == [(1500, 2100), (750, 1050), (375, 525)]
+    assert type(layer.data[0]).__name__ == "Array"  # still lazy: tiles decoded on demand
+    assert tuple(layer.scale) == pytest.approx((0.25, 0.25))
+    assert layer.metadata["pixel_size_um"] == pytest.approx(0.25)
+
+    # a slide too large to analyse whole is refused by the docks with the fix
+    monkeypatch.setattr("blastscope.widgets._layers.FIELD_LIMIT_PX", 1_000_000)
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    segment._image.value = layer
+    with notifications() as messages:
+        segment.run()
+    assert not segment.runner.running
+    assert any("is a whole slide" in message and "--roi" in message for message in messages)
+
+
+@pytest.mark.gui
+def test_a_rectangle_drawn_on_a_slide_is_segmented_classified_and_exported_in_place(
+    make_napari_viewer_proxy, tmp_path, monkeypatch, qtbot
+):
+    from widget_cases import PLUGIN, isolate_settings, wait_for
+
+    isolate_settings(monkeypatch, tmp_path)
+    monkeypatch.setattr("blastscope.widgets._layers.FIELD_LIMIT_PX", 1_000_000)
+    field = generate_field(3, "default", shape=(512, 512))
+    canvas = np.zeros((1536, 2048, 3), np.uint8)
+    canvas[:] = np.median(field.image.reshape(-1, 3), axis=0).astype(np.uint8)
+    top, left = 700, 1100
+    canvas[top : top + 512, left : left + 512] = field.image
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, canvas, field.pixel_size_um)
+    viewer = make_napari_viewer_proxy()
+    (image,) = viewer.open(str(path), plugin=PLUGIN)
+    size = field.pixel_size_um
+    corners = np.array([[top, left], [top + 512, left + 512]], float) * size  # world, µm
+    shapes = viewer.add_shapes([corners], shape_type="rectangle", name="region")
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    segment._image.value = image
+    segment._region.value = shapes
+    segment.run()
+    wait_for(segment, qtbot, timeout_s=120)
+    cells = viewer.layers[f"{image.name} cells"]
+    assert np.asarray(cells.data).shape == (512, 512)
+    assert tuple(cells.translate) == pytest.approx((top * size, left * size))
+    assert cells.features["is_nucleated"].sum() > 5
+
+    _, classify = viewer.window.add_plugin_dock_widget(PLUGIN, "Classify blasts")
+    viewer.layers.selection.active = cells
+    classify.run()
+    wait_for(classify, qtbot, timeout_s=120)
+    _, export = viewer.window.add_plugin_dock_widget(PLUGIN, "Export")
+    export.folder.value = str(tmp_path / "export")
+    for name, box in export.formats.items():
+        box.value = name == "geojson"
+    export.run()
+    wait_for(export, qtbot)
+    collection = json.loads(next((tmp_path / "export").glob("*.geojson")).read_text())
+    detections = [
+        feature
+        for feature in collection["features"]
+        if feature["properties"].get("objectType") == "detection"
+    ]
+    points = np.array([point for feature in detections for point in positions(feature["geometry"])])
+    assert points[:, 0].min() >= left  # in the slide's full-resolution pixels
+    assert points[:, 1].min() >= top
