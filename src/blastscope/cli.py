@@ -134,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         "x,y,width,height in level-0 pixels, as QuPath shows them; read lazily, the GeoJSON in "
         "level-0 coordinates",
     )
+    run.add_argument(
+        "--tiled",
+        action="store_true",
+        help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>/: labels.zarr, "
+        "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last",
+    )
+    run.add_argument(
+        "--slide-tile",
+        type=_whole_number(256),
+        default=2048,
+        metavar="PX",
+        help="with --tiled: tile side in level-0 pixels",
+    )
     run.set_defaults(handler=_cmd_run)
 
     batch = commands.add_parser(
@@ -425,6 +438,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from blastscope.batch import find_slide, slide_steps
     from blastscope.progress import run_steps
 
+    if args.tiled:
+        return _run_tiled(args)
     slide = find_slide(args.image)
     if args.roi is not None and len(slide.fields) != 1:
         raise BlastscopeError(
@@ -446,6 +461,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"wrote {len(outcome.outputs)} files to {args.out / slide.slide_id}")
     return code
+
+
+def _run_tiled(args: argparse.Namespace) -> int:
+    """``run --tiled``: a whole slide (or its region) tile by tile, resumable."""
+    from blastscope.progress import run_steps
+    from blastscope.slide_call import call_headline
+    from blastscope.wholeslide import whole_slide_steps
+
+    steps = whole_slide_steps(
+        args.image,
+        args.out,
+        _pipeline_config(args),
+        region=args.roi,
+        pixel_size_um=args.pixel_size,
+        tile_px=args.slide_tile,
+    )
+    outcome = run_steps(steps, progress_bars())
+    counts = outcome.counts
+    print(
+        f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "
+        f"{counts['blasts']} blasts over {outcome.area_mm2:.2f} mm²; "
+        f"{call_headline(outcome.slide_call)} ({outcome.tiles_run} tiles analysed, "
+        f"{outcome.tiles_reused} from an earlier run)"
+    )
+    print(f"wrote {outcome.folder}")
+    return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:

@@ -278,7 +278,8 @@ def _whole_slide_field(path: Path, region: Any) -> tuple[np.ndarray, float | Non
                 raise ImageInputError(
                     f"{path.name} is a whole slide ({width} x {height} pixels): analyse a region "
                     "of it with --roi x,y,width,height (level-0 pixels, e.g. --roi "
-                    f"0,0,{min(width, 4096)},{min(height, 4096)}); region= in Python."
+                    f"0,0,{min(width, 4096)},{min(height, 4096)}), or all of it tile by tile "
+                    "with --tiled; region= or blastscope.wholeslide in Python."
                 )
             pixels = slide.read_region(region)
             notices = [

@@ -1,0 +1,234 @@
+"""A whole slide, tile by tile, streamed to disk: bounded memory and resumable.
+
+The slide (or a region of it) is cut into square tile *cores* of ``tile_px`` level-0 pixels;
+each tile is read with a halo of ``halo_px`` around its core (only the tiles of the pyramid it
+overlaps are decoded) and analysed as a field (:func:`blastscope.pipeline.analyse_steps`). A
+tile keeps the cells whose centroid lies in its core, whole (their pixels in the halo too), so
+a cell cut by a core border is kept once, by the tile that holds its centre. Kept cells get
+slide-wide ids ``tile index x 2**20 + local id``, so tiles never compete for ids.
+
+Results go to ``OUT/<slide id>/`` as they are made:
+
+- ``labels.zarr``: uint32 labels of the analysed area, chunked by tile core (one writer: the
+  driver; a tile's cells are merged into what is there, never zeroing a neighbour's cell);
+- ``cells/tile_<index>.csv`` (+ sidecar): each tile's cells with level-0 centroids;
+- ``tiles_done.json``: the tiles finished, keyed by the input's sha256 and the settings; a rerun
+  after a crash or Cancel redoes only the tiles in flight;
+- ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
+  analysed.
+
+Whole-image statistics (intensity percentiles, background colour) are still taken per tile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from blastscope.export._atomic import AtomicFiles
+from blastscope.export.tables import read_cells_table, write_cells_table
+from blastscope.io import check_pixel_size, file_sha256
+from blastscope.jsonable import dumps_json
+from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
+from blastscope.progress import Progress, Steps
+from blastscope.slide import Region, SlideError, open_slide
+from blastscope.slide_call import SlideCall
+
+ID_STRIDE = 2**20
+"""Slide-wide cell id = tile index x ID_STRIDE + the tile's own label id."""
+DEFAULT_TILE_PX = 2048
+DEFAULT_HALO_PX = 128
+DONE_NAME = "tiles_done.json"
+MARKER_NAME = "slide.json"
+
+
+@dataclass
+class WholeSlideOutcome:
+    """What a whole-slide run made: the pooled call, counts, the area analysed (mm²), the
+    tiles analysed now and reused from an earlier run, and the output folder."""
+
+    slide_call: SlideCall | None
+    counts: dict[str, int]
+    area_mm2: float
+    tiles_run: int
+    tiles_reused: int
+    folder: Path
+
+
+def tile_cores(area: Region, tile_px: int) -> list[Region]:
+    """The tile cores covering ``area`` (level-0 pixels), row by row."""
+    cores = []
+    for y in range(area.y, area.y + area.height, tile_px):
+        for x in range(area.x, area.x + area.width, tile_px):
+            width = min(tile_px, area.x + area.width - x)
+            height = min(tile_px, area.y + area.height - y)
+            cores.append(Region(x, y, width, height))
+    return cores
+
+
+def whole_slide_steps(
+    path: str | Path,
+    out_dir: str | Path,
+    config: PipelineConfig | None = None,
+    *,
+    region: Region | None = None,
+    pixel_size_um: float | None = None,
+    tile_px: int = DEFAULT_TILE_PX,
+    halo_px: int = DEFAULT_HALO_PX,
+) -> Steps[WholeSlideOutcome]:
+    """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text."""
+    import zarr
+
+    path = Path(path)
+    if tile_px < 256 or halo_px < 0:
+        raise SlideError(f"tile_px must be >= 256 and halo_px >= 0, got {tile_px}, {halo_px}.")
+    config = loaded(config or PipelineConfig())
+    folder = Path(out_dir) / path.name.split(".")[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cells").mkdir(exist_ok=True)
+    with open_slide(path) as slide:
+        height, width = slide.shape
+        area = region or Region(0, 0, width, height)
+        area = Region(
+            area.x, area.y, min(area.width, width - area.x), min(area.height, height - area.y)
+        )
+        size = pixel_size_um if pixel_size_um is not None else slide.pixel_size_um
+        if size is None:
+            raise SlideError(
+                f"{path.name} records no pixel size: give it (--pixel-size, µm per pixel); a "
+                "whole slide is not estimated tile by tile."
+            )
+        size = check_pixel_size(size)
+        settings = {
+            "input_sha256": file_sha256(path),
+            "region": area.as_text(),
+            "tile_px": tile_px,
+            "halo_px": halo_px,
+            "pixel_size_um": size,
+            "models": [_model_name(config.blast_model), _model_name(config.mutation_model)],
+            "segmentation": repr(config.segmentation),
+        }
+        key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
+        done = _done_tiles(folder, key)
+        cores = tile_cores(area, tile_px)
+        labels = zarr.open_array(
+            str(folder / "labels.zarr"),
+            mode="a" if done else "w",
+            shape=(area.height, area.width),
+            chunks=(tile_px, tile_px),
+            dtype="uint32",
+            fill_value=0,
+        )
+        reused, run = len(done), 0
+        for index, core in enumerate(cores):
+            yield Progress("tiles", index, len(cores), f"tile {index + 1} of {len(cores)}")
+            if index in done:
+                continue
+            yield from _tile_steps(slide, area, core, index, size, config, halo_px, labels, folder)
+            done.add(index)
+            _write_done(folder, key, done)
+            run += 1
+        yield Progress("tiles", len(cores), len(cores))
+    cells = _all_cells(folder, len(cores))
+    slide_call = None
+    mutation = config.mutation_model
+    if mutation is not None and len(cells):
+        slide_call = config.slide_call.call(cells, tuple(mutation.classes))
+    counts = {
+        "cells": len(cells),
+        "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
+        "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
+    }
+    area_mm2 = area.width * area.height * (size / 1000.0) ** 2
+    record = {
+        "slide": path.name,
+        "settings": settings,
+        "counts": counts,
+        "area_analysed_mm2": area_mm2,
+        "slide_call": slide_call.to_dict() if slide_call is not None else None,
+    }
+    with AtomicFiles(overwrite=True) as files:
+        files.temporary(folder / MARKER_NAME).write_text(
+            dumps_json(record, where="the slide record"), encoding="utf-8"
+        )
+    return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
+
+
+def _tile_steps(
+    slide, area: Region, core: Region, index: int, size: float, config, halo_px: int, labels, folder
+) -> Steps[None]:
+    """Analyse one tile (core + halo), keep the cells centred in its core, write them."""
+    height, width = slide.shape
+    x0, y0 = max(0, core.x - halo_px), max(0, core.y - halo_px)
+    x1 = min(width, core.x + core.width + halo_px)
+    y1 = min(height, core.y + core.height + halo_px)
+    pixels = slide.read_region(Region(x0, y0, x1 - x0, y1 - y0))
+    result = yield from analyse_steps(pixels, size, config)
+    cells = result.cells
+    inside = (
+        (cells["centroid_x"] + x0 >= core.x)
+        & (cells["centroid_x"] + x0 < core.x + core.width)
+        & (cells["centroid_y"] + y0 >= core.y)
+        & (cells["centroid_y"] + y0 < core.y + core.height)
+    ).to_numpy()
+    kept = cells.loc[inside].copy()
+    local = result.labels
+    ids = np.zeros(int(local.max()) + 1, np.uint32)
+    ids[kept["label"].to_numpy()] = index * ID_STRIDE + kept["label"].to_numpy()
+    tile_labels = ids[local]
+    # write into the analysed area's labels (area coordinates), merging with what is there
+    top, left = y0 - area.y, x0 - area.x
+    rows = slice(max(0, top), min(area.height, top + tile_labels.shape[0]))
+    cols = slice(max(0, left), min(area.width, left + tile_labels.shape[1]))
+    piece = tile_labels[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    if piece.any():
+        window = labels[rows, cols]
+        labels[rows, cols] = np.where(piece > 0, piece, window)
+    kept["label"] = ids[kept["label"].to_numpy()].astype(np.int64)
+    kept["tile"] = index
+    kept["centroid_x"] = kept["centroid_x"] + x0  # level-0 pixels of the slide
+    kept["centroid_y"] = kept["centroid_y"] + y0
+    write_cells_table(
+        folder / "cells" / f"tile_{index:05d}.csv",
+        kept.reset_index(drop=True),
+        pixel_size_um=size,
+        overwrite=True,
+    )
+
+
+def _all_cells(folder: Path, n_tiles: int) -> pd.DataFrame:
+    tables = [
+        read_cells_table(folder / "cells" / f"tile_{index:05d}.csv")[0]
+        for index in range(n_tiles)
+        if (folder / "cells" / f"tile_{index:05d}.csv").is_file()
+    ]
+    tables = [table for table in tables if len(table)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _done_tiles(folder: Path, key: str) -> set[int]:
+    """The tiles an earlier run with the same input and settings finished."""
+    try:
+        record = json.loads((folder / DONE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(record, dict) or record.get("key") != key:
+        return set()
+    return {int(index) for index in record.get("tiles", [])}
+
+
+def _write_done(folder: Path, key: str, done: set[int]) -> None:
+    with AtomicFiles(overwrite=True) as files:
+        files.temporary(folder / DONE_NAME).write_text(
+            json.dumps({"key": key, "tiles": sorted(done)}), encoding="utf-8"
+        )
+
+
+def _model_name(model: Any) -> Any:
+    return getattr(model, "name", model)

@@ -1,0 +1,106 @@
+"""A whole slide tile by tile (written here as a pyramidal OME-TIFF): the tiled cells match a
+one-piece run, ids never collide, cells cut by a tile border are kept once and whole, and a run
+stopped midway is finished by a rerun that redoes only the tiles left."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from blastscope.pipeline import PipelineConfig, analyse, loaded
+from blastscope.progress import run_steps
+from blastscope.slide import Region
+from blastscope.synthetic import generate_field
+from blastscope.wholeslide import ID_STRIDE, whole_slide_steps
+from test_slide import write_ome_pyramid
+
+TILE_PX, HALO_PX = 512, 128
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    field = generate_field(8, "default", shape=(1280, 1280), mutation="NPM1", blast_fraction=0.6)
+    path = tmp_path_factory.mktemp("slide") / "slide.ome.tif"
+    write_ome_pyramid(path, field.image, field.pixel_size_um)
+    return path, field
+
+
+@pytest.fixture(scope="module")
+def config():
+    return loaded(PipelineConfig())
+
+
+def match_iou(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each cell of ``reference``, the IoU of the ``other`` cell that overlaps it most."""
+    ious = []
+    for label in np.unique(reference[reference > 0]):
+        mask = reference == label
+        overlap = other[mask]
+        overlap = overlap[overlap > 0]
+        if not len(overlap):
+            ious.append(0.0)
+            continue
+        best = np.bincount(overlap.astype(np.int64)).argmax()
+        partner = other == best
+        ious.append((mask & partner).sum() / (mask | partner).sum())
+    return np.array(ious)
+
+
+def test_a_tiled_run_matches_the_one_piece_run(slide, config, tmp_path):
+    path, field = slide
+    outcome = run_steps(whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX, halo_px=HALO_PX))
+    assert outcome.tiles_run == 9
+    tiled = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr"), mode="r"))
+    one_piece = analyse(field.image, field.pixel_size_um, config)
+    ids = np.unique(tiled[tiled > 0])
+    assert len(ids) == outcome.counts["cells"]  # every kept cell once, none twice
+    assert set(ids // ID_STRIDE) <= set(range(9))
+    n_one = one_piece.n_cells
+    assert abs(outcome.counts["cells"] - n_one) <= 0.03 * n_one
+    ious = match_iou(one_piece.labels, tiled)
+    assert (ious >= 0.9).mean() >= 0.9  # cells across tile borders are whole
+    assert abs(outcome.counts["blasts"] - one_piece.n_blasts) <= max(3, 0.1 * one_piece.n_blasts)
+    assert outcome.slide_call.call == one_piece.slide_call.call == "NPM1"
+    record = json.loads((outcome.folder / "slide.json").read_text())
+    assert record["area_analysed_mm2"] == pytest.approx(1280**2 * (field.pixel_size_um / 1000) ** 2)
+
+
+def test_a_run_stopped_midway_is_finished_by_a_rerun_of_the_tiles_left(slide, config, tmp_path):
+    path, _ = slide
+    region = Region(0, 0, 1024, 1024)
+    steps = whole_slide_steps(path, tmp_path, config, region=region, tile_px=TILE_PX)
+    seen = 0
+    for event in steps:  # stop (Cancel, Ctrl-C) when the third tile starts
+        if event.stage == "tiles" and event.done == 2:
+            seen += 1
+            steps.close()
+            break
+    assert seen == 1
+    done = json.loads((tmp_path / "slide" / "tiles_done.json").read_text())
+    assert done["tiles"] == [0, 1]
+    assert not (tmp_path / "slide" / "slide.json").exists()
+    outcome = run_steps(whole_slide_steps(path, tmp_path, config, region=region, tile_px=TILE_PX))
+    assert (outcome.tiles_reused, outcome.tiles_run) == (2, 2)
+    fresh = run_steps(
+        whole_slide_steps(path, tmp_path / "fresh", config, region=region, tile_px=TILE_PX)
+    )
+    assert outcome.counts == fresh.counts
+    resumed = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr"), mode="r"))
+    whole = np.asarray(zarr.open_array(str(fresh.folder / "labels.zarr"), mode="r"))
+    np.testing.assert_array_equal(resumed, whole)
+
+
+def test_run_tiled_from_the_command_line_streams_a_region(slide, tmp_path, capsys):
+    from blastscope.cli import main
+
+    path, _ = slide
+    argv = ["run", str(path), "--tiled", "--roi", "0,0,512,512", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "1 tiles analysed, 0 from an earlier run" in printed
+    assert (tmp_path / "slide" / "slide.json").is_file()
+    assert main(argv) == 0  # everything done: the rerun reuses the tile
+    assert "0 tiles analysed, 1 from an earlier run" in capsys.readouterr().out
