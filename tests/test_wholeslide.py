@@ -104,3 +104,21 @@ def test_run_tiled_from_the_command_line_streams_a_region(slide, tmp_path, capsy
     assert (tmp_path / "slide" / "slide.json").is_file()
     assert main(argv) == 0  # everything done: the rerun reuses the tile
     assert "0 tiles analysed, 1 from an earlier run" in capsys.readouterr().out
+
+
+def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_analysed(
+    config, tmp_path
+):
+    field = generate_field(3, "default", shape=(512, 512))
+    canvas = np.empty((1536, 2048, 3), np.uint8)
+    canvas[:] = (232, 228, 236)  # pale, grey glass
+    top, left = 700, 1100
+    canvas[top : top + 512, left : left + 512] = field.image
+    path = tmp_path / "glass.ome.tif"
+    write_ome_pyramid(path, canvas, field.pixel_size_um)
+    outcome = run_steps(whole_slide_steps(path, tmp_path / "out", config, tile_px=TILE_PX))
+    record = json.loads((outcome.folder / "slide.json").read_text())
+    assert record["tiles"] == {"total": 12, "analysed": 4}  # the 4 tiles the field overlaps
+    assert outcome.tiles_run == 4
+    assert outcome.area_mm2 == pytest.approx(4 * TILE_PX**2 * (field.pixel_size_um / 1000) ** 2)
+    assert outcome.counts["cells"] > 20

@@ -51,7 +51,8 @@ MARKER_NAME = "slide.json"
 @dataclass
 class WholeSlideOutcome:
     """What a whole-slide run made: the pooled call, counts, the area analysed (mm²), the
-    tiles analysed now and reused from an earlier run, and the output folder."""
+    tiles analysed now and reused from an earlier run, and the output folder. Tiles of empty
+    background (:func:`tiles_with_cells`) are not analysed and not counted in the area."""
 
     slide_call: SlideCall | None
     counts: dict[str, int]
@@ -125,10 +126,11 @@ def whole_slide_steps(
             dtype="uint32",
             fill_value=0,
         )
+        occupied = tiles_with_cells(slide, cores)
         reused, run = len(done), 0
         for index, core in enumerate(cores):
             yield Progress("tiles", index, len(cores), f"tile {index + 1} of {len(cores)}")
-            if index in done:
+            if index in done or not occupied[index]:
                 continue
             yield from _tile_steps(slide, area, core, index, size, config, halo_px, labels, folder)
             done.add(index)
@@ -145,12 +147,14 @@ def whole_slide_steps(
         "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
         "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
     }
-    area_mm2 = area.width * area.height * (size / 1000.0) ** 2
+    analysed = [core for core, kept in zip(cores, occupied, strict=True) if kept]
+    area_mm2 = sum(core.width * core.height for core in analysed) * (size / 1000.0) ** 2
     record = {
         "slide": path.name,
         "settings": settings,
         "counts": counts,
         "area_analysed_mm2": area_mm2,
+        "tiles": {"total": len(cores), "analysed": len(analysed)},
         "slide_call": slide_call.to_dict() if slide_call is not None else None,
     }
     with AtomicFiles(overwrite=True) as files:
@@ -158,6 +162,42 @@ def whole_slide_steps(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
+
+
+OVERVIEW_MAX_DOWNSAMPLE = 16
+"""The coarsest pyramid level used to find where the smear is (at most 16x smaller)."""
+MIN_OCCUPIED_FRACTION = 0.005
+"""A tile is analysed when at least this share of its overview pixels is not background."""
+
+
+def tiles_with_cells(slide, cores: list[Region]) -> list[bool]:
+    """Which tiles hold something other than the slide's empty background, judged on a low
+    pyramid level (at most :data:`OVERVIEW_MAX_DOWNSAMPLE` smaller): a pixel is background
+    when it is pale and grey (the glass between cells), anything stained is not."""
+    level = max(
+        (
+            index
+            for index, factor in enumerate(slide.downsamples)
+            if factor <= OVERVIEW_MAX_DOWNSAMPLE
+        ),
+        default=0,
+    )
+    factor = slide.downsamples[level]
+    overview = np.asarray(slide.levels[level]).astype(np.int16)[..., :3]
+    spread = overview.max(axis=-1) - overview.min(axis=-1)
+    stained = (spread > 18) | (overview.mean(axis=-1) < 170)
+    occupied = []
+    for core in cores:
+        rows = slice(
+            int(core.y / factor),
+            max(int(core.y / factor) + 1, int((core.y + core.height) / factor)),
+        )
+        cols = slice(
+            int(core.x / factor), max(int(core.x / factor) + 1, int((core.x + core.width) / factor))
+        )
+        window = stained[rows, cols]
+        occupied.append(bool(window.size) and float(window.mean()) >= MIN_OCCUPIED_FRACTION)
+    return occupied
 
 
 def _tile_steps(
