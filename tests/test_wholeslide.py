@@ -15,7 +15,7 @@ from blastscope.progress import run_steps
 from blastscope.slide import Region
 from blastscope.synthetic import generate_field
 from blastscope.wholeslide import ID_STRIDE, whole_slide_steps
-from test_slide import write_ome_pyramid
+from test_slide import positions, write_ome_pyramid
 
 TILE_PX, HALO_PX = 512, 128
 
@@ -64,6 +64,9 @@ def test_a_tiled_run_matches_the_one_piece_run(slide, config, tmp_path):
     assert (ious >= 0.9).mean() >= 0.9  # cells across tile borders are whole
     assert abs(outcome.counts["blasts"] - one_piece.n_blasts) <= max(3, 0.1 * one_piece.n_blasts)
     assert outcome.slide_call.call == one_piece.slide_call.call == "NPM1"
+    collection = json.loads((outcome.folder / "slide.geojson").read_text())
+    detections = [f for f in collection["features"] if f["properties"]["objectType"] == "detection"]
+    assert len(detections) == outcome.counts["nucleated"]  # QuPath gets the nucleated cells
     record = json.loads((outcome.folder / "slide.json").read_text())
     assert record["area_analysed_mm2"] == pytest.approx(1280**2 * (field.pixel_size_um / 1000) ** 2)
 
@@ -122,3 +125,7 @@ def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_anal
     assert outcome.tiles_run == 4
     assert outcome.area_mm2 == pytest.approx(4 * TILE_PX**2 * (field.pixel_size_um / 1000) ** 2)
     assert outcome.counts["cells"] > 20
+    collection = json.loads((outcome.folder / "glass.geojson").read_text())
+    xs = [x for feature in collection["features"] for x, _ in positions(feature["geometry"])]
+    assert left - 64 <= min(xs)  # level-0 pixels of the slide, around the field
+    assert max(xs) <= left + 512 + 64

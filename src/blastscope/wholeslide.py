@@ -14,6 +14,8 @@ Results go to ``OUT/<slide id>/`` as they are made:
 - ``cells/tile_<index>.csv`` (+ sidecar): each tile's cells with level-0 centroids;
 - ``tiles_done.json``: the tiles finished, keyed by the input's sha256 and the settings; a rerun
   after a crash or Cancel redoes only the tiles in flight;
+- ``<slide id>.geojson``: QuPath detections of every cell in level-0 pixels, streamed a tile
+  at a time from each tile's ``cells/tile_<index>.features.json``;
 - ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
   analysed.
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from blastscope.export._atomic import AtomicFiles
+from blastscope.export.geojson import geojson_collection
 from blastscope.export.tables import read_cells_table, write_cells_table
 from blastscope.io import check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
@@ -158,6 +161,7 @@ def whole_slide_steps(
         "slide_call": slide_call.to_dict() if slide_call is not None else None,
     }
     with AtomicFiles(overwrite=True) as files:
+        _stream_geojson(files.temporary(folder / f"{folder.name}.geojson"), folder, len(cores))
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
@@ -234,12 +238,34 @@ def _tile_steps(
     kept["tile"] = index
     kept["centroid_x"] = kept["centroid_x"] + x0  # level-0 pixels of the slide
     kept["centroid_y"] = kept["centroid_y"] + y0
+    kept = kept.reset_index(drop=True)
     write_cells_table(
-        folder / "cells" / f"tile_{index:05d}.csv",
-        kept.reset_index(drop=True),
-        pixel_size_um=size,
-        overwrite=True,
+        folder / "cells" / f"tile_{index:05d}.csv", kept, pixel_size_um=size, overwrite=True
     )
+    # the tile's QuPath features, in level-0 pixels, for the slide's streamed GeoJSON
+    features = geojson_collection(
+        tile_labels.astype(np.int64), kept, pixel_size_um=size, offset_yx=(y0, x0)
+    )["features"]
+    with AtomicFiles(overwrite=True) as files:
+        files.temporary(folder / "cells" / f"tile_{index:05d}.features.json").write_text(
+            json.dumps(features, separators=(",", ":")), encoding="utf-8"
+        )
+
+
+def _stream_geojson(target: Path, folder: Path, n_tiles: int) -> None:
+    """One QuPath FeatureCollection of every tile's cells (level-0 pixels), written a tile at
+    a time: memory holds one tile's features, whatever the slide's size."""
+    with open(target, "w", encoding="utf-8") as out:
+        out.write('{"type":"FeatureCollection","features":[')
+        first = True
+        for index in range(n_tiles):
+            path = folder / "cells" / f"tile_{index:05d}.features.json"
+            if not path.is_file():
+                continue
+            for feature in json.loads(path.read_text(encoding="utf-8")):
+                out.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
+                first = False
+        out.write("]}")
 
 
 def _all_cells(folder: Path, n_tiles: int) -> pd.DataFrame:
