@@ -53,7 +53,7 @@ def test_a_tiled_run_matches_the_one_piece_run(slide, config, tmp_path):
     path, field = slide
     outcome = run_steps(whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX, halo_px=HALO_PX))
     assert outcome.tiles_run == 9
-    tiled = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr"), mode="r"))
+    tiled = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr" / "0"), mode="r"))
     one_piece = analyse(field.image, field.pixel_size_um, config)
     ids = np.unique(tiled[tiled > 0])
     assert len(ids) == outcome.counts["cells"]  # every kept cell once, none twice
@@ -91,8 +91,8 @@ def test_a_run_stopped_midway_is_finished_by_a_rerun_of_the_tiles_left(slide, co
         whole_slide_steps(path, tmp_path / "fresh", config, region=region, tile_px=TILE_PX)
     )
     assert outcome.counts == fresh.counts
-    resumed = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr"), mode="r"))
-    whole = np.asarray(zarr.open_array(str(fresh.folder / "labels.zarr"), mode="r"))
+    resumed = np.asarray(zarr.open_array(str(outcome.folder / "labels.zarr" / "0"), mode="r"))
+    whole = np.asarray(zarr.open_array(str(fresh.folder / "labels.zarr" / "0"), mode="r"))
     np.testing.assert_array_equal(resumed, whole)
 
 
@@ -129,3 +129,28 @@ def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_anal
     xs = [x for feature in collection["features"] for x, _ in positions(feature["geometry"])]
     assert left - 64 <= min(xs)  # level-0 pixels of the slide, around the field
     assert max(xs) <= left + 512 + 64
+
+
+@pytest.mark.gui
+def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
+    make_napari_viewer_proxy, slide, config, tmp_path
+):
+    from widget_cases import PLUGIN
+
+    path, field = slide
+    outcome = run_steps(
+        whole_slide_steps(
+            path, tmp_path, config, region=Region(256, 0, 1024, 1280), tile_px=TILE_PX
+        )
+    )
+    viewer = make_napari_viewer_proxy()
+    viewer.open(str(path), plugin=PLUGIN)  # the slide under its cells
+    (cells,) = viewer.open(str(outcome.folder), plugin=PLUGIN)
+    assert cells.multiscale
+    assert [level.shape for level in cells.data] == [(1280, 1024), (640, 512)]
+    size = field.pixel_size_um
+    assert tuple(cells.scale) == pytest.approx((size, size))
+    assert tuple(cells.translate) == pytest.approx((0.0, 256 * size))  # over its region
+    assert len(cells.features) == outcome.counts["cells"]
+    label = int(cells.features["label"].iloc[0])
+    assert label in np.unique(np.asarray(cells.data[0]))

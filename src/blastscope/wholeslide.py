@@ -9,8 +9,9 @@ slide-wide ids ``tile index x 2**20 + local id``, so tiles never compete for ids
 
 Results go to ``OUT/<slide id>/`` as they are made:
 
-- ``labels.zarr``: uint32 labels of the analysed area, chunked by tile core (one writer: the
-  driver; a tile's cells are merged into what is there, never zeroing a neighbour's cell);
+- ``labels.zarr``: uint32 labels of the analysed area, a pyramid (``0`` full resolution,
+  chunked by tile core; ``1``, ``2``, ... every second pixel, for viewing); one writer, the
+  driver: a tile's cells are merged into what is there, never zeroing a neighbour's cell;
 - ``cells/tile_<index>.csv`` (+ sidecar): each tile's cells with level-0 centroids;
 - ``tiles_done.json``: the tiles finished, keyed by the input's sha256 and the settings; a rerun
   after a crash or Cancel redoes only the tiles in flight;
@@ -48,6 +49,7 @@ ID_STRIDE = 2**20
 DEFAULT_TILE_PX = 2048
 DEFAULT_HALO_PX = 128
 DONE_NAME = "tiles_done.json"
+LABELS_NAME = "labels.zarr"
 MARKER_NAME = "slide.json"
 
 
@@ -121,9 +123,9 @@ def whole_slide_steps(
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
         done = _done_tiles(folder, key)
         cores = tile_cores(area, tile_px)
-        labels = zarr.open_array(
-            str(folder / "labels.zarr"),
-            mode="a" if done else "w",
+        pyramid = zarr.open_group(str(folder / LABELS_NAME), mode="a" if done else "w")
+        labels = pyramid.require_array(
+            "0",
             shape=(area.height, area.width),
             chunks=(tile_px, tile_px),
             dtype="uint32",
@@ -160,6 +162,12 @@ def whole_slide_steps(
         "tiles": {"total": len(cores), "analysed": len(analysed)},
         "slide_call": slide_call.to_dict() if slide_call is not None else None,
     }
+    yield Progress("labels pyramid", 0, 1)
+    levels = write_label_levels(folder / LABELS_NAME)
+    yield Progress("labels pyramid", 1, 1, f"{levels} levels")
+    record["labels_levels"] = levels
+    record["pixel_size_um"] = size
+    record["offset_yx"] = [area.y, area.x]
     with AtomicFiles(overwrite=True) as files:
         _stream_geojson(files.temporary(folder / f"{folder.name}.geojson"), folder, len(cores))
         files.temporary(folder / MARKER_NAME).write_text(
@@ -250,6 +258,32 @@ def _tile_steps(
         files.temporary(folder / "cells" / f"tile_{index:05d}.features.json").write_text(
             json.dumps(features, separators=(",", ":")), encoding="utf-8"
         )
+
+
+MIN_LEVEL_SIDE = 512
+"""The labels pyramid halves its levels until the longer side is under this."""
+
+
+def write_label_levels(path: Path) -> int:
+    """Add the coarser levels "1", "2", ... to the labels group at ``path`` (each every
+    second pixel of the one before, nearest: ids stay ids), chunk by chunk; returns how many
+    levels the pyramid has."""
+    import dask.array as da
+    import zarr
+
+    group = zarr.open_group(str(path), mode="a")
+    level = da.from_zarr(group["0"])
+    index = 0
+    while max(level.shape) >= 2 * MIN_LEVEL_SIDE:
+        index += 1
+        level = level[::2, ::2].rechunk(group["0"].chunks)
+        level.to_zarr(str(path / str(index)), overwrite=True)
+        level = da.from_zarr(zarr.open_array(str(path / str(index)), mode="r"))
+    for stale in range(index + 1, 64):
+        if str(stale) not in group:
+            break
+        del group[str(stale)]
+    return index + 1
 
 
 def _stream_geojson(target: Path, folder: Path, n_tiles: int) -> None:
