@@ -154,3 +154,11 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert len(cells.features) == outcome.counts["cells"]
     label = int(cells.features["label"].iloc[0])
     assert label in np.unique(np.asarray(cells.data[0]))
+
+
+def test_slide_wide_ids_never_overflow():
+    from blastscope.wholeslide import labels_dtype
+
+    assert labels_dtype(4096) == "uint32"  # the last tile's ids still fit
+    assert np.iinfo(np.uint32).max >= 4095 * ID_STRIDE + ID_STRIDE - 1
+    assert labels_dtype(4097) == "uint64"  # e.g. 100,000^2 pixels in 1,024-pixel tiles

@@ -9,9 +9,10 @@ slide-wide ids ``tile index x 2**20 + local id``, so tiles never compete for ids
 
 Results go to ``OUT/<slide id>/`` as they are made:
 
-- ``labels.zarr``: uint32 labels of the analysed area, a pyramid (``0`` full resolution,
-  chunked by tile core; ``1``, ``2``, ... every second pixel, for viewing); one writer, the
-  driver: a tile's cells are merged into what is there, never zeroing a neighbour's cell;
+- ``labels.zarr``: uint32 labels of the analysed area (uint64 beyond 4,096 tiles), a pyramid
+  (``0`` full resolution, chunked by tile core; ``1``, ``2``, ... every second pixel, for
+  viewing); one writer, the driver: a tile's cells are merged into what is there, never
+  zeroing a neighbour's cell;
 - ``cells/tile_<index>.csv`` (+ sidecar): each tile's cells with level-0 centroids;
 - ``tiles_done.json``: the tiles finished, keyed by the input's sha256 and the settings; a rerun
   after a crash or Cancel redoes only the tiles in flight;
@@ -128,7 +129,7 @@ def whole_slide_steps(
             "0",
             shape=(area.height, area.width),
             chunks=(tile_px, tile_px),
-            dtype="uint32",
+            dtype=labels_dtype(len(cores)),
             fill_value=0,
         )
         occupied = tiles_with_cells(slide, cores)
@@ -174,6 +175,11 @@ def whole_slide_steps(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
+
+
+def labels_dtype(n_tiles: int) -> str:
+    """uint32 while every slide-wide id fits (up to 4,096 tiles), else uint64."""
+    return "uint32" if n_tiles * ID_STRIDE <= 2**32 else "uint64"
 
 
 OVERVIEW_MAX_DOWNSAMPLE = 16
@@ -231,7 +237,12 @@ def _tile_steps(
     ).to_numpy()
     kept = cells.loc[inside].copy()
     local = result.labels
-    ids = np.zeros(int(local.max()) + 1, np.uint32)
+    if local.max() >= ID_STRIDE:
+        raise SlideError(
+            f"Tile {index} holds {int(local.max())} cells, more than the {ID_STRIDE} a tile's ids "
+            "can hold: use smaller tiles (--slide-tile)."
+        )
+    ids = np.zeros(int(local.max()) + 1, labels.dtype)
     ids[kept["label"].to_numpy()] = index * ID_STRIDE + kept["label"].to_numpy()
     tile_labels = ids[local]
     # write into the analysed area's labels (area coordinates), merging with what is there
