@@ -137,3 +137,14 @@ def test_a_review_of_unclassified_cells_refuses_overrides(result):
     assert review.preview_call() is None
     with pytest.raises(ReviewError, match="Classify the cells first"):
         review.set_override(int(review.labels[0]), True)
+
+
+def test_undoing_a_change_of_a_cell_that_is_gone_moves_on_to_the_one_before(result):
+    review = Review(result)
+    first, second = review.uncertain_labels()[:2]
+    review.set_override(first, True)
+    review.set_override(second, False)
+    del review._rows[second]  # the cell was edited away since
+    assert review.undo_override().label == second
+    assert review.undo_override().label == first  # not stuck on the vanished cell
+    assert review.overridden().get(first) is None

@@ -12,7 +12,7 @@ import zarr
 
 from blastscope.pipeline import PipelineConfig, analyse, loaded
 from blastscope.progress import run_steps
-from blastscope.slide import Region
+from blastscope.slide import Region, SlideError
 from blastscope.synthetic import generate_field
 from blastscope.wholeslide import ID_STRIDE, whole_slide_steps
 from test_slide import positions, write_ome_pyramid
@@ -82,9 +82,9 @@ def test_a_run_stopped_midway_is_finished_by_a_rerun_of_the_tiles_left(slide, co
             steps.close()
             break
     assert seen == 1
-    done = json.loads((tmp_path / "slide" / "tiles_done.json").read_text())
+    done = json.loads((tmp_path / "slide.tiled" / "tiles_done.json").read_text())
     assert done["tiles"] == [0, 1]
-    assert not (tmp_path / "slide" / "slide.json").exists()
+    assert not (tmp_path / "slide.tiled" / "slide.json").exists()
     outcome = run_steps(whole_slide_steps(path, tmp_path, config, region=region, tile_px=TILE_PX))
     assert (outcome.tiles_reused, outcome.tiles_run) == (2, 2)
     fresh = run_steps(
@@ -103,10 +103,10 @@ def test_run_tiled_from_the_command_line_streams_a_region(slide, tmp_path, capsy
     argv = ["run", str(path), "--tiled", "--roi", "0,0,512,512", "--out", str(tmp_path)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "1 tiles analysed, 0 from an earlier run" in printed
-    assert (tmp_path / "slide" / "slide.json").is_file()
+    assert "tiles: 1 analysed, 0 from an earlier run" in printed
+    assert (tmp_path / "slide.tiled" / "slide.json").is_file()
     assert main(argv) == 0  # everything done: the rerun reuses the tile
-    assert "0 tiles analysed, 1 from an earlier run" in capsys.readouterr().out
+    assert "tiles: 0 analysed, 1 from an earlier run" in capsys.readouterr().out
 
 
 def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_analysed(
@@ -162,3 +162,16 @@ def test_slide_wide_ids_never_overflow():
     assert labels_dtype(4096) == "uint32"  # the last tile's ids still fit
     assert np.iinfo(np.uint32).max >= 4095 * ID_STRIDE + ID_STRIDE - 1
     assert labels_dtype(4097) == "uint64"  # e.g. 100,000^2 pixels in 1,024-pixel tiles
+
+
+def test_other_settings_redo_every_tile_and_pool_nothing_stale(slide, config, tmp_path):
+    path, _ = slide
+    region = Region(0, 0, 512, 512)
+    first = run_steps(whole_slide_steps(path, tmp_path, config, region=region, tile_px=TILE_PX))
+    stricter = loaded(PipelineConfig(blast_threshold=0.95))
+    again = run_steps(whole_slide_steps(path, tmp_path, stricter, region=region, tile_px=TILE_PX))
+    assert (again.tiles_reused, again.tiles_run) == (0, 1)  # a new threshold: redone
+    assert again.counts["cells"] == first.counts["cells"]
+    assert again.counts["blasts"] <= first.counts["blasts"]
+    with pytest.raises(SlideError, match="starts outside the slide"):
+        run_steps(whole_slide_steps(path, tmp_path, config, region=Region(5000, 0, 10, 10)))

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tiled",
         action="store_true",
-        help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>/: labels.zarr, "
+        help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>.tiled/: labels.zarr, "
         "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last",
     )
     run.add_argument(
@@ -440,6 +440,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.tiled:
         return _run_tiled(args)
+    if args.slide_tile != 2048:
+        raise BlastscopeError("--slide-tile sets the tiles of --tiled: add --tiled or drop it.")
     slide = find_slide(args.image)
     if args.roi is not None and len(slide.fields) != 1:
         raise BlastscopeError(
@@ -482,7 +484,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
     print(
         f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "
         f"{counts['blasts']} blasts over {outcome.area_mm2:.2f} mm²; "
-        f"{call_headline(outcome.slide_call)} ({outcome.tiles_run} tiles analysed, "
+        f"{call_headline(outcome.slide_call)} (tiles: {outcome.tiles_run} analysed, "
         f"{outcome.tiles_reused} from an earlier run)"
     )
     print(f"wrote {outcome.folder}")

@@ -183,6 +183,18 @@ class Review:
             row = self.row_of(record.label)
             if row is not None:
                 self._change(row, record.before, "undo", time)
+            else:  # the cell is gone (edited away): the change is undone with it
+                self.audit.append(
+                    OverrideRecord(
+                        label=record.label,
+                        before=record.after,
+                        after=None,
+                        p_blast=None,
+                        threshold=self.threshold,
+                        time=time or utc_timestamp(),
+                        action="undo",
+                    )
+                )
             return record
         return None
 

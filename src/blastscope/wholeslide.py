@@ -7,7 +7,8 @@ tile keeps the cells whose centroid lies in its core, whole (their pixels in the
 a cell cut by a core border is kept once, by the tile that holds its centre. Kept cells get
 slide-wide ids ``tile index x 2**20 + local id``, so tiles never compete for ids.
 
-Results go to ``OUT/<slide id>/`` as they are made:
+Results go to ``OUT/<slide id>.tiled/`` as they are made (a field run of the same slide keeps
+``OUT/<slide id>/``); a first run or one with other settings starts that folder afresh:
 
 - ``labels.zarr``: uint32 labels of the analysed area (uint64 beyond 4,096 tiles), a pyramid
   (``0`` full resolution, chunked by tile core; ``1``, ``2``, ... every second pixel, for
@@ -16,8 +17,8 @@ Results go to ``OUT/<slide id>/`` as they are made:
 - ``cells/tile_<index>.csv`` (+ sidecar): each tile's cells with level-0 centroids;
 - ``tiles_done.json``: the tiles finished, keyed by the input's sha256 and the settings; a rerun
   after a crash or Cancel redoes only the tiles in flight;
-- ``<slide id>.geojson``: QuPath detections of every cell in level-0 pixels, streamed a tile
-  at a time from each tile's ``cells/tile_<index>.features.json``;
+- ``<slide id>.geojson``: QuPath detections of the nucleated cells in level-0 pixels,
+  streamed a tile at a time from each tile's ``cells/tile_<index>.features.json``;
 - ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
   analysed.
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ import pandas as pd
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
 from blastscope.export.tables import read_cells_table, write_cells_table
-from blastscope.io import check_pixel_size, file_sha256
+from blastscope.io import ImageInputError, check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
@@ -96,11 +98,16 @@ def whole_slide_steps(
     if tile_px < 256 or halo_px < 0:
         raise SlideError(f"tile_px must be >= 256 and halo_px >= 0, got {tile_px}, {halo_px}.")
     config = loaded(config or PipelineConfig())
-    folder = Path(out_dir) / path.name.split(".")[0]
+    # its own folder: a field run of the same slide (run --roi) keeps OUT/<slide id>/
+    folder = Path(out_dir) / f"{path.name.split('.')[0]}.tiled"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cells").mkdir(exist_ok=True)
     with open_slide(path) as slide:
         height, width = slide.shape
+        if region is not None and (region.x >= width or region.y >= height):
+            raise SlideError(
+                f"The region {region.as_text()} starts outside the slide ({width} x {height} "
+                "level-0 pixels, x by y): give x < width and y < height."
+            )
         area = region or Region(0, 0, width, height)
         area = Region(
             area.x, area.y, min(area.width, width - area.x), min(area.height, height - area.y)
@@ -118,11 +125,15 @@ def whole_slide_steps(
             "tile_px": tile_px,
             "halo_px": halo_px,
             "pixel_size_um": size,
-            "models": [_model_name(config.blast_model), _model_name(config.mutation_model)],
+            "models": [_model_record(config.blast_model), _model_record(config.mutation_model)],
+            "blast_threshold": config.blast_threshold,
             "segmentation": repr(config.segmentation),
         }
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
         done = _done_tiles(folder, key)
+        if not done:  # a first run, or other settings: nothing earlier may be pooled
+            shutil.rmtree(folder / "cells", ignore_errors=True)
+        (folder / "cells").mkdir(exist_ok=True)
         cores = tile_cores(area, tile_px)
         pyramid = zarr.open_group(str(folder / LABELS_NAME), mode="a" if done else "w")
         labels = pyramid.require_array(
@@ -143,7 +154,7 @@ def whole_slide_steps(
             _write_done(folder, key, done)
             run += 1
         yield Progress("tiles", len(cores), len(cores))
-    cells = _all_cells(folder, len(cores))
+    cells = _all_cells(folder, sorted(done))
     slide_call = None
     mutation = config.mutation_model
     if mutation is not None and len(cells):
@@ -170,7 +181,7 @@ def whole_slide_steps(
     record["pixel_size_um"] = size
     record["offset_yx"] = [area.y, area.x]
     with AtomicFiles(overwrite=True) as files:
-        _stream_geojson(files.temporary(folder / f"{folder.name}.geojson"), folder, len(cores))
+        _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
@@ -190,8 +201,9 @@ MIN_OCCUPIED_FRACTION = 0.005
 
 def tiles_with_cells(slide, cores: list[Region]) -> list[bool]:
     """Which tiles hold something other than the slide's empty background, judged on a low
-    pyramid level (at most :data:`OVERVIEW_MAX_DOWNSAMPLE` smaller): a pixel is background
-    when it is pale and grey (the glass between cells), anything stained is not."""
+    pyramid level (at most :data:`OVERVIEW_MAX_DOWNSAMPLE` smaller, read a tile at a time and
+    thinned to about that scale): a pixel is background when it is pale and grey (the glass
+    between cells) or near black (a scanner's padding); anything stained is not."""
     level = max(
         (
             index
@@ -201,20 +213,18 @@ def tiles_with_cells(slide, cores: list[Region]) -> list[bool]:
         default=0,
     )
     factor = slide.downsamples[level]
-    overview = np.asarray(slide.levels[level]).astype(np.int16)[..., :3]
-    spread = overview.max(axis=-1) - overview.min(axis=-1)
-    stained = (spread > 18) | (overview.mean(axis=-1) < 170)
+    step = max(1, int(OVERVIEW_MAX_DOWNSAMPLE // factor))
     occupied = []
     for core in cores:
-        rows = slice(
-            int(core.y / factor),
-            max(int(core.y / factor) + 1, int((core.y + core.height) / factor)),
-        )
-        cols = slice(
-            int(core.x / factor), max(int(core.x / factor) + 1, int((core.x + core.width) / factor))
-        )
-        window = stained[rows, cols]
-        occupied.append(bool(window.size) and float(window.mean()) >= MIN_OCCUPIED_FRACTION)
+        top, left = int(core.y / factor), int(core.x / factor)
+        rows = slice(top, max(top + 1, int((core.y + core.height) / factor)))
+        cols = slice(left, max(left + 1, int((core.x + core.width) / factor)))
+        window = np.asarray(slide.levels[level][rows, cols][::step, ::step]).astype(np.int16)
+        window = window[..., :3]
+        spread = window.max(axis=-1) - window.min(axis=-1)
+        mean = window.mean(axis=-1)
+        stained = (spread > 18) | ((mean < 170) & (mean > 30))
+        occupied.append(bool(stained.size) and float(stained.mean()) >= MIN_OCCUPIED_FRACTION)
     return occupied
 
 
@@ -226,7 +236,10 @@ def _tile_steps(
     x0, y0 = max(0, core.x - halo_px), max(0, core.y - halo_px)
     x1 = min(width, core.x + core.width + halo_px)
     y1 = min(height, core.y + core.height + halo_px)
-    pixels = slide.read_region(Region(x0, y0, x1 - x0, y1 - y0))
+    try:
+        pixels = slide.read_region(Region(x0, y0, x1 - x0, y1 - y0))
+    except ImageInputError:  # a blank tile (a scanner's padding): nothing to analyse
+        return
     result = yield from analyse_steps(pixels, size, config)
     cells = result.cells
     inside = (
@@ -239,8 +252,8 @@ def _tile_steps(
     local = result.labels
     if local.max() >= ID_STRIDE:
         raise SlideError(
-            f"Tile {index} holds {int(local.max())} cells, more than the {ID_STRIDE} a tile's ids "
-            "can hold: use smaller tiles (--slide-tile)."
+            f"Tile {index} has label ids up to {int(local.max())}, more than the {ID_STRIDE} a "
+            "tile's ids can hold: use smaller tiles (--slide-tile)."
         )
     ids = np.zeros(int(local.max()) + 1, labels.dtype)
     ids[kept["label"].to_numpy()] = index * ID_STRIDE + kept["label"].to_numpy()
@@ -297,13 +310,13 @@ def write_label_levels(path: Path) -> int:
     return index + 1
 
 
-def _stream_geojson(target: Path, folder: Path, n_tiles: int) -> None:
+def _stream_geojson(target: Path, folder: Path, tiles: list[int]) -> None:
     """One QuPath FeatureCollection of every tile's cells (level-0 pixels), written a tile at
     a time: memory holds one tile's features, whatever the slide's size."""
     with open(target, "w", encoding="utf-8") as out:
         out.write('{"type":"FeatureCollection","features":[')
         first = True
-        for index in range(n_tiles):
+        for index in tiles:
             path = folder / "cells" / f"tile_{index:05d}.features.json"
             if not path.is_file():
                 continue
@@ -313,10 +326,10 @@ def _stream_geojson(target: Path, folder: Path, n_tiles: int) -> None:
         out.write("]}")
 
 
-def _all_cells(folder: Path, n_tiles: int) -> pd.DataFrame:
+def _all_cells(folder: Path, tiles: list[int]) -> pd.DataFrame:
     tables = [
         read_cells_table(folder / "cells" / f"tile_{index:05d}.csv")[0]
-        for index in range(n_tiles)
+        for index in tiles
         if (folder / "cells" / f"tile_{index:05d}.csv").is_file()
     ]
     tables = [table for table in tables if len(table)]
@@ -341,5 +354,11 @@ def _write_done(folder: Path, key: str, done: set[int]) -> None:
         )
 
 
-def _model_name(model: Any) -> Any:
-    return getattr(model, "name", model)
+def _model_record(model: Any) -> Any:
+    """A model's name and weights hash (a model retrained into the same folder is another)."""
+    if model is None:
+        return None
+    return [
+        getattr(model, "name", str(model)),
+        getattr(model, "metadata", {}).get("weights_sha256"),
+    ]

@@ -79,12 +79,13 @@ def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
         group = zarr.open_group(str(folder / LABELS_NAME), mode="r")
         levels = [da.from_zarr(group[str(index)]) for index in range(record["labels_levels"])]
         cells = [read_cells_table(table)[0] for table in sorted(folder.glob("cells/tile_*.csv"))]
-    except (OSError, ValueError, KeyError) as error:
+        size = float(record["pixel_size_um"])
+        top, left = record["offset_yx"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
         show_error(f"Could not open the tiled result in {folder} ({error}); run it again.")
         return []
-    size = float(record["pixel_size_um"])
-    top, left = record["offset_yx"]
-    table = pd.concat([table for table in cells if len(table)], ignore_index=True)
+    tables = [table for table in cells if len(table)]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     options = {
         "name": f"{folder.name} cells",
         "multiscale": True,
