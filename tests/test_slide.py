@@ -98,10 +98,10 @@ def test_a_pyramidal_ome_tiff_opens_lazily_with_its_levels_and_pixel_size(slide_
             slide.read_region(Region(2100, 0, 10, 10))
 
 
-def test_an_aperio_svs_reads_its_mpp_and_never_its_label_image(slide_image, tmp_path):
+def test_an_aperio_svs_reads_its_mpp_and_never_its_label_image(slide_image, tmp_path, monkeypatch):
     path = tmp_path / "scan.svs"
     write_svs(path, slide_image, 0.2520)
-    assert is_whole_slide(path)
+    assert not is_whole_slide(path)  # small enough to be a field
     with open_slide(path) as slide:
         assert slide.pixel_size_um == pytest.approx(0.252)
         assert slide.shape == (1500, 2100)
@@ -109,6 +109,11 @@ def test_an_aperio_svs_reads_its_mpp_and_never_its_label_image(slide_image, tmp_
         np.testing.assert_array_equal(
             slide.read_region(Region(0, 0, 64, 64)), slide_image[:64, :64]
         )
+    whole = read_field(path)  # a small SVS reads as a field
+    np.testing.assert_array_equal(whole.image, slide_image)
+    assert whole.pixel_size_um == pytest.approx(0.252)
+    monkeypatch.setattr("blastscope.slide.FIELD_LIMIT_PX", 1_000_000)
+    assert is_whole_slide(path)
     with pytest.raises(ImageInputError, match=r"whole slide .*--roi x,y,width,height"):
         read_field(path)
     field = read_field(path, region=Region(10, 20, 300, 200))

@@ -185,8 +185,8 @@ def _checked_pixel_size(tiff: Any, path: Path) -> tuple[float | None, list[str]]
 
 
 def is_whole_slide(path: str | Path) -> bool:
-    """Whether ``path`` is a TIFF too large to read whole as a field (:data:`FIELD_LIMIT_PX`)
-    or an Aperio SVS; such files are read through a region."""
+    """Whether ``path`` is a TIFF or SVS too large to read whole as a field
+    (:data:`FIELD_LIMIT_PX`); such files are read through a region. A small SVS is a field."""
     import tifffile
 
     path = Path(path)
@@ -194,8 +194,6 @@ def is_whole_slide(path: str | Path) -> bool:
         return False
     try:
         with tifffile.TiffFile(path) as tiff:
-            if tiff.is_svs:
-                return True
             shape = tiff.series[0].levels[0].shape
             axes = tiff.series[0].axes
     except Exception:

@@ -129,6 +129,7 @@ class CellsSession:
         self.mutation_classifier: Classifier | None = None
         self._bounding_boxes: list | None = None
         self._generation = 0
+        self._failed_generation = -1
         self._worker: FunctionWorker | None = None
         self._timer = QTimer()
         self._timer.setSingleShot(True)
@@ -300,7 +301,7 @@ class CellsSession:
             self.review.snapshot().exact, _start_thread=False, _ignore_errors=True
         )
         worker.returned.connect(lambda result: self._exact_done(result, generation))
-        worker.errored.connect(lambda error: show_error(str(error)))
+        worker.errored.connect(lambda error: self._exact_failed(error, generation))
         worker.finished.connect(self._exact_finished)
         self._worker = worker
         worker.start()
@@ -309,9 +310,14 @@ class CellsSession:
         if generation == self._generation:
             self._store(result)
 
+    def _exact_failed(self, error: Exception, generation: int) -> None:
+        self._failed_generation = generation  # not retried until the state changes again
+        show_error(str(error))
+
     def _exact_finished(self) -> None:
         self._worker = None
-        if not self.exact and not self._timer.isActive():
+        retry = self._failed_generation != self._generation
+        if not self.exact and not self._timer.isActive() and retry:
             self._timer.start()
 
     def _store(self, result: SlideResult) -> None:
