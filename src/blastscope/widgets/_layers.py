@@ -90,10 +90,11 @@ Box = tuple[int, int, int, int]
 """A rectangle of an image in its full-resolution pixels: (top, left, bottom, right)."""
 
 
-def image_rgb(image_layer: Image, region: Box | None = None) -> np.ndarray:
+def image_rgb(image_layer: Image, region: Box | None = None, *, read: bool = True):
     """The layer's pixels (Y, X[, C]) as a numpy array for the core to validate: the whole
     image, or only ``region`` (read lazily from a whole slide's full resolution). More than
-    :data:`~blastscope.slide.FIELD_LIMIT_PX` pixels is refused with the fix instead of read."""
+    :data:`~blastscope.slide.FIELD_LIMIT_PX` pixels is refused with the fix instead of read.
+    ``read`` False checks and returns the (possibly lazy) array unread, to be read in a worker."""
     data = image_layer.data
     if image_layer.multiscale:
         data = data[0]
@@ -108,7 +109,7 @@ def image_rgb(image_layer: Image, region: Box | None = None) -> np.ndarray:
             "rectangle in a Shapes layer and choose it as the region to analyse, or run a region "
             "from the command line (blastscope run SLIDE --roi x,y,width,height)."
         )
-    return np.asarray(data)
+    return np.asarray(data) if read else data
 
 
 def result_region(result: SlideResult | None) -> Box | None:

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info
 
 from blastscope.devices import available_devices
 from blastscope.pipeline import recompute_stage, segment_stage
-from blastscope.progress import Steps
+from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult
 from blastscope.segment import SegmentationParams, segmenter_choices
 from blastscope.widgets._layers import (
@@ -40,11 +40,14 @@ from blastscope.widgets._settings import PersistentValues
 
 
 def _segment_region_steps(
-    pixels: np.ndarray, pixel_size_um: float | None, params: SegmentationParams, region
+    pixels, pixel_size_um: float | None, params: SegmentationParams, region
 ) -> Steps[SlideResult]:
-    """:func:`~blastscope.pipeline.segment_stage` on ``pixels``, recording the ``region``
-    (top, left, bottom, right) of the image they were cut from (exports use level-0 pixels)."""
-    result = yield from segment_stage(pixels, pixel_size_um, params)
+    """:func:`~blastscope.pipeline.segment_stage` on ``pixels`` (read here, in the worker: a
+    region of a slide decodes its tiles), recording the ``region`` (top, left, bottom, right)
+    of the image they were cut from (exports use level-0 pixels)."""
+    if region is not None:
+        yield Progress("reading", 0, 1, "the region's tiles")
+    result = yield from segment_stage(np.asarray(pixels), pixel_size_um, params)
     if region is not None:
         top, left, bottom, right = region
         result.provenance["region"] = {
@@ -224,7 +227,7 @@ class SegmentWidget(Container):
         try:
             shapes = self._region.value
             region = shapes_region(shapes, image_layer) if isinstance(shapes, Shapes) else None
-            pixels = image_rgb(image_layer, region)
+            pixels = image_rgb(image_layer, region, read=False)
         except ValueError as error:
             show_error(str(error))
             return
