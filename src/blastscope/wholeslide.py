@@ -131,6 +131,7 @@ def whole_slide_steps(
         }
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
         done = _done_tiles(folder, key)
+        (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
         if not done:  # a first run, or other settings: nothing earlier may be pooled
             shutil.rmtree(folder / "cells", ignore_errors=True)
         (folder / "cells").mkdir(exist_ok=True)
