@@ -327,3 +327,14 @@ def test_run_json_hashes_the_files_it_describes(classified, tmp_path):
     }
     assert record["software"]["torch"]
     assert record["notices"] == result.notices
+
+
+def test_a_users_own_class_never_takes_a_known_class_or_cell_class_colour():
+    from blastscope.export._style import BLAST, NON_BLAST, NON_NUCLEATED, NUCLEATED
+    from blastscope.palette import MUTATION_COLOURS, mutation_class_colour
+
+    taken = {class_colour(name) for name in (BLAST, NON_BLAST, NON_NUCLEATED, NUCLEATED)}
+    taken |= set(MUTATION_COLOURS.values())
+    for name in ("other AML", "normal", "other", "AML", "APL-like", "FLT3-ITD", "x"):
+        assert mutation_class_colour(name) not in taken, name
+        assert class_colour(name) == mutation_class_colour(name)  # exports = viewer

@@ -4,7 +4,7 @@ every colour from here.
 Categorical colours are Okabe-Ito's (told apart with every common colour-vision deficiency);
 blast probabilities are drawn with viridis (perceptually uniform, readable in grey). Mutation
 classes keep one colour by name wherever they appear; classes blastscope does not know take one
-of the spare Okabe-Ito colours, chosen by their name.
+of the spare colours (Paul Tol's muted set), chosen by their name.
 """
 
 from __future__ import annotations
@@ -34,8 +34,18 @@ MUTATION_COLOURS: dict[str, RGB] = {
 }
 """The four mutation classes of the shipped model."""
 
-SPARE_COLOURS: tuple[RGB, ...] = (BLUISH_GREEN, SKY_BLUE, VERMILLION)
-"""For classes of the user's own models (e.g. ``other AML``); not the cell-class colours."""
+SPARE_COLOURS: tuple[RGB, ...] = (
+    (136, 34, 85),  # wine
+    (68, 170, 153),  # teal
+    (153, 153, 51),  # olive
+    (221, 204, 119),  # sand
+    (51, 34, 136),  # indigo
+    (170, 68, 153),  # purple
+    (136, 204, 238),  # cyan
+)
+"""For classes of the user's own models (e.g. ``other AML``): Paul Tol's muted colours (also
+safe with colour-vision deficiencies), none of them a known class's or a cell class's colour;
+two classes of the user's own may still share one (chosen by name)."""
 
 P_BLAST_COLORMAP = "viridis"
 """Matplotlib / napari name of the colormap of p_blast over 0..1."""
