@@ -25,10 +25,8 @@ from scipy import ndimage as ndi
 from blastscope.cells import (
     BLUE_WEIGHT,
     NUCLEAR_INDEX_LEVEL,
-    NUCLEATED_MIN_AREA_AT_BORDER_UM2,
-    NUCLEATED_MIN_AREA_UM2,
-    NUCLEATED_MIN_FRACTION,
     background_rgb,
+    cells_table,
     measure_cells,
     optical_density,
 )
@@ -52,25 +50,14 @@ def full_image_measure(image: np.ndarray, labels: np.ndarray, pixel_size_um: flo
     nuclear_fraction = ndi.sum_labels(purple, labels, ids) / area
     index_mean = ndi.sum_labels(index.astype(np.float64), labels, ids) / area
     od_mean = ndi.sum_labels(density.sum(axis=-1).astype(np.float64), labels, ids) / area
-    area_um2 = area * pixel_size_um**2
-    table = pd.DataFrame(
-        {
-            "label": ids,
-            "centroid_y": centroid_y,
-            "centroid_x": centroid_x,
-            "area_px": area.astype(np.int64),
-            "area_um2": area_um2,
-            "diameter_um": 2.0 * np.sqrt(area_um2 / np.pi),
-            "touches_border": touches.astype(bool),
-            "nuclear_fraction": nuclear_fraction,
-            "nuclear_index_mean": index_mean,
-            "mean_od": od_mean,
-        }
+    return cells_table(
+        ids,
+        area,
+        (centroid_y, centroid_x),
+        touches,
+        (nuclear_fraction, index_mean, od_mean),
+        pixel_size_um,
     )
-    table["is_nucleated"] = (nuclear_fraction >= NUCLEATED_MIN_FRACTION) & (
-        area_um2 >= np.where(touches, NUCLEATED_MIN_AREA_AT_BORDER_UM2, NUCLEATED_MIN_AREA_UM2)
-    )
-    return table
 
 
 def tiled_field(size: int, tile: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

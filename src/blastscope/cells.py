@@ -143,7 +143,29 @@ def measure_cells(image: np.ndarray, labels: np.ndarray, pixel_size_um: float) -
     area = sums[:, 0]
     centroid_y, centroid_x = sums[:, 1] / area, sums[:, 2] / area
     nuclear_fraction, index_mean, od_mean = (sums[:, 3:] / area[:, None]).T
+    return cells_table(
+        ids,
+        area,
+        (centroid_y, centroid_x),
+        touches,
+        (nuclear_fraction, index_mean, od_mean),
+        pixel_size_um,
+    )
 
+
+def cells_table(
+    ids: np.ndarray,
+    area: np.ndarray,
+    centroids: tuple[np.ndarray, np.ndarray],
+    touches: np.ndarray,
+    stain: tuple[np.ndarray, np.ndarray, np.ndarray],
+    pixel_size_um: float,
+) -> pd.DataFrame:
+    """The cells table from per-cell measures: pixel ``area``, (row, column) ``centroids``,
+    whether each cell ``touches`` the border, and its ``stain`` (nuclear fraction, mean
+    nuclear-stain index, mean optical density); derives the µm sizes and ``is_nucleated``."""
+    centroid_y, centroid_x = centroids
+    nuclear_fraction, index_mean, od_mean = stain
     area_um2 = area * pixel_size_um**2
     table = pd.DataFrame(
         {
