@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from blastscope.distributed import Cluster
 from blastscope.errors import BlastscopeError
 from blastscope.export import (
     ALL_FORMATS,
@@ -51,10 +52,11 @@ from blastscope.io import ImageInputError, file_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
-from blastscope.slide import Region
+from blastscope.slide import SLIDE_SUFFIXES, Region, SlideError, is_whole_slide
 from blastscope.slide_call import SlideCall
+from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".png", ".jpg", ".jpeg", ".bmp")
 MARKER_NAME = "slide.json"
 MARKER_FORMAT = "blastscope-slide"
 MARKER_VERSION = 2
@@ -644,7 +646,7 @@ def finished_outcome(
 # --------------------------------------------------------------------------- many slides
 
 # Errors that concern one slide (its file, its content, its outputs); others are bugs and raise.
-SLIDE_ERRORS = (ImageInputError, ExportError, ValueError, OSError)
+SLIDE_ERRORS = (ImageInputError, SlideError, ExportError, ValueError, OSError)
 
 
 def batch_steps(
@@ -656,13 +658,18 @@ def batch_steps(
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     force: bool = False,
     flag: str = "force=True",
+    tiled: bool = False,
+    tile_px: int = DEFAULT_TILE_PX,
+    cluster: Cluster | None = None,
 ) -> Steps[list[SlideOutcome]]:
     """Run :func:`slide_steps` over ``slides``; writes ``summary.csv`` (one row per slide).
 
     Slides finished in ``out_dir`` with the same fields and settings are skipped unless
     ``force`` (which also replaces their files); others are (re)done, with a note saying why.
     A slide that fails is recorded with its error and the batch goes on. ``flag`` is how error
-    messages name ``force``.
+    messages name ``force``. A whole-slide file (:func:`runs_tiled`) is analysed tile by tile
+    (:func:`blastscope.wholeslide.whole_slide_steps`, resuming its tiles; on ``cluster``'s
+    workers when given) into ``OUT/<slide>.tiled/``.
     """
     check_formats(formats)
     out_dir = check_writable(out_dir)
@@ -678,16 +685,21 @@ def batch_steps(
     for index, slide in enumerate(slides):
         yield Progress("slides", index, len(slides), slide.slide_id)
         try:
-            outcome = yield from slide_steps(
-                slide,
-                out_dir,
-                config,
-                pixel_size_um=pixel_size_um,
-                formats=formats,
-                overwrite=force,
-                resume=True,
-                flag=flag,
-            )
+            if runs_tiled(slide, tiled):
+                outcome = yield from _whole_slide_outcome(
+                    slide, out_dir, config, pixel_size_um, tile_px, cluster, force
+                )
+            else:
+                outcome = yield from slide_steps(
+                    slide,
+                    out_dir,
+                    config,
+                    pixel_size_um=pixel_size_um,
+                    formats=formats,
+                    overwrite=force,
+                    resume=True,
+                    flag=flag,
+                )
         except SLIDE_ERRORS as error:
             message = str(error) or traceback.format_exception_only(error)[-1].strip()
             outcome = SlideOutcome(slide, "failed", error=message)
@@ -695,6 +707,43 @@ def batch_steps(
     yield Progress("slides", len(slides), len(slides))
     write_summary(outcomes, summary)
     return outcomes
+
+
+def runs_tiled(slide: Slide, tiled: bool = False) -> bool:
+    """Whether a batch analyses ``slide`` tile by tile: a one-file slide too large to read
+    whole (:func:`blastscope.slide.is_whole_slide`), or with ``tiled`` any one-file TIFF or
+    scanner slide (a PNG or JPEG field is always read whole)."""
+    if len(slide.fields) != 1:
+        return False
+    path = slide.fields[0]
+    return (tiled and path.name.lower().endswith(SLIDE_SUFFIXES)) or is_whole_slide(path)
+
+
+def _whole_slide_outcome(
+    slide: Slide,
+    out_dir: Path,
+    config: PipelineConfig,
+    pixel_size_um: float | None,
+    tile_px: int,
+    cluster: Cluster | None,
+    force: bool,
+) -> Steps[SlideOutcome]:
+    """One whole slide of a batch, tile by tile; ``force`` redoes every tile."""
+    whole = yield from whole_slide_steps(
+        slide.fields[0],
+        out_dir,
+        config,
+        pixel_size_um=pixel_size_um,
+        tile_px=tile_px,
+        cluster=cluster,
+        restart=force,
+    )
+    notes = [
+        f"whole slide: {whole.tiles_run} tiles analysed, {whole.tiles_reused} from an earlier "
+        f"run, {whole.area_mm2:.2f} mm² analysed"
+    ]
+    outputs = sorted(path for path in whole.folder.iterdir() if path.is_file())
+    return SlideOutcome(slide, "done", whole.slide_call, whole.counts, outputs, notes=notes)
 
 
 def write_summary(outcomes: list[SlideOutcome], path: Path) -> Path:

@@ -101,13 +101,21 @@ def nuclear_stain_index(image: np.ndarray, background: np.ndarray | None = None)
     return density[..., 0] - BLUE_WEIGHT * density[..., 2]
 
 
-def measure_cells(image: np.ndarray, labels: np.ndarray, pixel_size_um: float) -> pd.DataFrame:
+def measure_cells(
+    image: np.ndarray,
+    labels: np.ndarray,
+    pixel_size_um: float,
+    *,
+    background: np.ndarray | None = None,
+) -> pd.DataFrame:
     """The cells table of ``labels`` on ``image``: one row per label, in label order.
 
     ``image`` is (Y, X, 3) uint8 RGB, ``labels`` (Y, X) integers (0 = background), and
-    ``pixel_size_um`` µm per pixel. Columns: :data:`COLUMNS` (see the module text for the stain
-    measures). Measured cell by cell inside each bounding box (``scipy.ndimage.find_objects``),
-    so memory follows the largest cell, not the field.
+    ``pixel_size_um`` µm per pixel; ``background`` (3,) the colour densities are measured against
+    (default :func:`background_rgb` of ``image``; a whole slide's, for its tiles). Columns:
+    :data:`COLUMNS` (see the module text for the stain measures). Measured cell by cell inside each
+    bounding box (``scipy.ndimage.find_objects``), so memory follows the largest cell, not the
+    field.
     """
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(
@@ -130,7 +138,8 @@ def measure_cells(image: np.ndarray, labels: np.ndarray, pixel_size_um: float) -
     ids = np.array([i + 1 for i, box in enumerate(boxes) if box is not None], np.int64)
     if len(ids) == 0:
         return _empty_table()
-    background = background_rgb(image)
+    if background is None:
+        background = background_rgb(image)
     height, width = labels.shape
     sums = np.zeros((len(ids), 6), np.float64)  # area, rows, cols, purple, index, OD
     touches = np.zeros(len(ids), bool)

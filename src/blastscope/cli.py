@@ -140,13 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>.tiled/: labels.zarr, "
         "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last",
     )
-    run.add_argument(
-        "--slide-tile",
-        type=_whole_number(256),
-        default=2048,
-        metavar="PX",
-        help="with --tiled: tile side in level-0 pixels",
-    )
+    _add_whole_slide_arguments(run, "with --tiled: ")
     run.set_defaults(handler=_cmd_run)
 
     batch = commands.add_parser(
@@ -163,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--force", action="store_true", help="redo slides already done and replace their files"
     )
+    batch.add_argument(
+        "--tiled",
+        action="store_true",
+        help="analyse every one-file slide tile by tile (whole-slide files always are)",
+    )
+    _add_whole_slide_arguments(batch, "whole slides: ")
     batch.set_defaults(handler=_cmd_batch)
 
     for name, module, help_text in _MODULE_COMMANDS:
@@ -278,6 +278,43 @@ def _check_formats(text: str) -> str:
         wrong = f"unknown format {unknown[0]!r}" if unknown else "no format given"
         raise argparse.ArgumentTypeError(f"{wrong}; choose from {', '.join(ALL_FORMATS)}")
     return ",".join(names)
+
+
+def _add_whole_slide_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
+    """--slide-tile and where tiles run: --workers, --threads, --scheduler."""
+    parser.add_argument(
+        "--slide-tile",
+        type=_whole_number(256),
+        default=2048,
+        metavar="PX",
+        help=f"{scope}tile side in level-0 pixels",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_whole_number(0),
+        metavar="N",
+        help=f"{scope}worker processes of a dask LocalCluster (default: one per --threads cores, "
+        "as memory allows; 0: in this process)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_whole_number(1),
+        metavar="N",
+        help=f"{scope}torch threads per worker (default: 1; with --workers 0, torch's own)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help=f"{scope}run on the workers of a running dask scheduler, e.g. tcp://host:8786 "
+        "(default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster); workers read the slides at "
+        "the same paths",
+    )
+
+
+def _cluster_settings(args: argparse.Namespace):
+    from blastscope.distributed import ClusterSettings
+
+    return ClusterSettings(args.workers, args.threads, args.scheduler)
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -440,8 +477,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.tiled:
         return _run_tiled(args)
-    if args.slide_tile != 2048:
-        raise BlastscopeError("--slide-tile sets the tiles of --tiled: add --tiled or drop it.")
+    for given, option in (
+        (args.slide_tile != 2048, "--slide-tile"),
+        (args.workers is not None, "--workers"),
+        (args.threads is not None, "--threads"),
+        (args.scheduler is not None, "--scheduler"),
+    ):
+        if given:
+            raise BlastscopeError(f"{option} applies to --tiled runs: add --tiled or drop it.")
     slide = find_slide(args.image)
     if args.roi is not None and len(slide.fields) != 1:
         raise BlastscopeError(
@@ -467,19 +510,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _run_tiled(args: argparse.Namespace) -> int:
     """``run --tiled``: a whole slide (or its region) tile by tile, resumable."""
+    from blastscope.distributed import cluster
     from blastscope.progress import run_steps
     from blastscope.slide_call import call_headline
     from blastscope.wholeslide import whole_slide_steps
 
-    steps = whole_slide_steps(
-        args.image,
-        args.out,
-        _pipeline_config(args),
-        region=args.roi,
-        pixel_size_um=args.pixel_size,
-        tile_px=args.slide_tile,
-    )
-    outcome = run_steps(steps, progress_bars())
+    config = _pipeline_config(args)
+    with cluster(_cluster_settings(args)) as workers:
+        steps = whole_slide_steps(
+            args.image,
+            args.out,
+            config,
+            region=args.roi,
+            pixel_size_um=args.pixel_size,
+            tile_px=args.slide_tile,
+            cluster=workers,
+        )
+        outcome = run_steps(steps, progress_bars())
     counts = outcome.counts
     print(
         f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "
@@ -492,20 +539,36 @@ def _run_tiled(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from blastscope.batch import SUMMARY_NAME, batch_steps, find_slides
+    from blastscope.batch import SUMMARY_NAME, batch_steps, find_slides, runs_tiled
+    from blastscope.distributed import cluster
     from blastscope.progress import run_steps
 
     slides = find_slides(args.source)
-    steps = batch_steps(
-        slides,
-        args.out,
-        _pipeline_config(args),
-        pixel_size_um=args.pixel_size,
-        formats=_formats(args),
-        force=args.force,
-        flag="--force",
-    )
-    outcomes = run_steps(steps, progress_bars())
+    config = _pipeline_config(args)
+    whole = [slide for slide in slides if runs_tiled(slide, args.tiled)]
+    settings = _cluster_settings(args)
+    if not whole:  # fields only: analysed here, one after another
+        if not settings.in_process() and (args.workers or args.scheduler):
+            print(
+                "note: --workers and --scheduler spread whole slides' tiles; these slides are "
+                "fields, analysed in this process (add --tiled to tile them).",
+                file=sys.stderr,
+            )
+        settings = type(settings)(workers=0, threads=settings.threads)
+    with cluster(settings) as workers:
+        steps = batch_steps(
+            slides,
+            args.out,
+            config,
+            pixel_size_um=args.pixel_size,
+            formats=_formats(args),
+            force=args.force,
+            flag="--force",
+            tiled=args.tiled,
+            tile_px=args.slide_tile,
+            cluster=workers,
+        )
+        outcomes = run_steps(steps, progress_bars())
     code = _report(outcomes, args)
     if not args.json:
         print(f"summary: {args.out / SUMMARY_NAME}")

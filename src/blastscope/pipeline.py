@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from blastscope.cells import measure_cells
+from blastscope.field_statistics import FieldStatistics
 from blastscope.io import check_pixel_size, to_rgb_uint8
 from blastscope.models.classifier import Classifier, load_classifier
 from blastscope.predict import (
@@ -155,15 +156,17 @@ def sort_cells_steps(
     params: SegmentationParams,
     *,
     only: np.ndarray | None = None,
+    statistics: FieldStatistics | None = None,
 ) -> Steps[pd.DataFrame]:
     """The cells table of ``labels`` (:func:`blastscope.cells.measure_cells`) with every object
     sorted into red cell, platelet or white cell by ``params.nucleated_model`` (``is_nucleated``;
     the stain heuristic when it is None). ``only``: measure just these label ids (edited
-    cells); the stain is still normalised against the whole field. Yields
-    ``Progress("measure", ...)``."""
+    cells); the stain is still normalised against the whole field. ``statistics``: the whole
+    image's, when ``rgb`` is a piece of it. Yields ``Progress("measure", ...)``."""
     yield Progress("measure", 0, 1, "measuring cells")
     measured = labels if only is None else np.where(np.isin(labels, only), labels, 0)
-    cells = measure_cells(rgb, measured, pixel_size_um)
+    background = None if statistics is None else statistics.background
+    cells = measure_cells(rgb, measured, pixel_size_um, background=background)
     if params.nucleated_model is not None and len(cells):
         cells = yield from classify_nucleated_steps(
             rgb,
@@ -172,6 +175,7 @@ def sort_cells_steps(
             pixel_size_um,
             nucleated_classifier(params.nucleated_model),
             device=params.device,
+            statistics=statistics,
         )
     nucleated = int(cells["is_nucleated"].sum())
     yield Progress("measure", 1, 1, f"{len(cells)} cells, {nucleated} nucleated")
@@ -184,6 +188,7 @@ def segment_stage(
     params: SegmentationParams | None = None,
     *,
     input_sha256: str | None = None,
+    statistics: FieldStatistics | None = None,
 ) -> Steps[SlideResult]:
     """Segment every cell of ``image`` (Y, X, 3) and measure the cells table.
 
@@ -196,9 +201,9 @@ def segment_stage(
         pixel_size_um = check_pixel_size(pixel_size_um)
     params = params or SegmentationParams()
     rgb, notices = to_rgb_uint8(image)
-    segmentation = yield from segment_steps(rgb, pixel_size_um, params)
+    segmentation = yield from segment_steps(rgb, pixel_size_um, params, statistics=statistics)
     cells = yield from sort_cells_steps(
-        rgb, segmentation.labels, segmentation.pixel_size_um, params
+        rgb, segmentation.labels, segmentation.pixel_size_um, params, statistics=statistics
     )
     # the segmenter's notices: the pixel size it estimated or assumed, a capped enlargement
     notices.extend(notice for notice in segmentation.notices if notice not in notices)
@@ -302,6 +307,7 @@ def classify_stage(
     threshold: float | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    statistics: FieldStatistics | None = None,
 ) -> Steps[SlideResult]:
     """Blast probability of every nucleated cell of ``result``; yields a Progress per batch.
 
@@ -319,6 +325,7 @@ def classify_stage(
         threshold=threshold,
         device=device,
         batch_size=batch_size,
+        statistics=statistics,
     )
     used_threshold = classifier.threshold if threshold is None else threshold
     provenance = dict(result.provenance)
@@ -335,6 +342,7 @@ def mutation_stage(
     settings: SlideCallSettings | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    statistics: FieldStatistics | None = None,
 ) -> Steps[SlideResult]:
     """Mutation probabilities and the slide call pooled from the blasts of ``result``.
 
@@ -353,6 +361,7 @@ def mutation_stage(
         device=device,
         batch_size=batch_size,
         score="nucleated",
+        statistics=statistics,
     )
     provenance = dict(result.provenance)
     provenance["mutation"] = {**_bundle_record(classifier), "classes": list(classifier.classes)}
@@ -398,16 +407,22 @@ def analyse_steps(
     config: PipelineConfig | None = None,
     *,
     input_sha256: str | None = None,
+    statistics: FieldStatistics | None = None,
 ) -> Steps[SlideResult]:
     """Run every stage on one field; yields progress events and returns the result.
 
     ``pixel_size_um`` is µm per pixel (a number or numeric string, checked against
     :data:`blastscope.io.PIXEL_SIZE_RANGE_UM` at the first step, before any model loads) or
-    ``None`` to estimate it from the cell size.
+    ``None`` to estimate it from the cell size. ``statistics``: the whole image's
+    (:mod:`blastscope.field_statistics`) when ``image`` is a piece of it, a whole slide's tile.
     """
     config = config or PipelineConfig()
     result = yield from segment_stage(
-        image, pixel_size_um, config.segmentation, input_sha256=input_sha256
+        image,
+        pixel_size_um,
+        config.segmentation,
+        input_sha256=input_sha256,
+        statistics=statistics,
     )
     if config.blast_model is None:
         return result
@@ -418,6 +433,7 @@ def analyse_steps(
         threshold=config.blast_threshold,
         device=config.device,
         batch_size=config.batch_size,
+        statistics=statistics,
     )
     if config.mutation_model is None:
         return result
@@ -429,6 +445,7 @@ def analyse_steps(
             settings=config.slide_call,
             device=config.device,
             batch_size=config.batch_size,
+            statistics=statistics,
         )
     )
 
@@ -440,7 +457,10 @@ def analyse(
     *,
     on_progress=None,
     input_sha256: str | None = None,
+    statistics: FieldStatistics | None = None,
 ) -> SlideResult:
     """Blocking form of :func:`analyse_steps` for scripts and tests."""
-    steps = analyse_steps(image, pixel_size_um, config, input_sha256=input_sha256)
+    steps = analyse_steps(
+        image, pixel_size_um, config, input_sha256=input_sha256, statistics=statistics
+    )
     return run_steps(steps, on_progress)

@@ -25,6 +25,7 @@ from blastscope.calls import blast_calls, mutation_calls, override_codes, overri
 from blastscope.crops import CropCutter
 from blastscope.devices import resolve_device
 from blastscope.errors import BlastscopeError
+from blastscope.field_statistics import FieldStatistics
 from blastscope.models.classifier import Classifier
 from blastscope.progress import Progress
 from blastscope.stain import normalise_to_cells
@@ -97,6 +98,7 @@ def _probabilities_steps(
     device: str | torch.device,
     batch_size: int,
     stage: str,
+    statistics: FieldStatistics | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities (N, K) float64 for the rows of ``cells``, one Progress per batch."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -113,7 +115,8 @@ def _probabilities_steps(
                 f"{classifier.name} normalises the stain against the field's cells: give the "
                 "labels image."
             )
-        image = normalise_to_cells(image, labels)
+        background = None if statistics is None else statistics.background
+        image = normalise_to_cells(image, labels, background)
     cutter = CropCutter(
         image,
         pixel_size_um=pixel_size_um,
@@ -121,6 +124,7 @@ def _probabilities_steps(
         out_pixel_size_um=classifier.input.pixel_size_um,
         labels=labels,
         mask_to_cell=classifier.input.mask_to_cell,
+        fill="median" if statistics is None else statistics.fill,
         device=torch_device,
     )
     centres = cells[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float32)
@@ -163,6 +167,7 @@ def classify_blasts_steps(
     threshold: float | None = None,
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    statistics: FieldStatistics | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Blast probability of every nucleated cell; yields Progress("classify", batch, n_batches).
 
@@ -170,7 +175,8 @@ def classify_blasts_steps(
     labels (needed when the bundle masks crops to the cell), ``cells`` the cells table. Returns a
     copy of the table with ``p_blast`` (NaN for non-nucleated cells), ``blast_call`` (at
     ``threshold``, default the bundle's), ``blast_override`` (kept where present, else <NA>) and
-    ``is_blast``.
+    ``is_blast``. ``statistics``: the whole image's, when ``image`` is a piece of it (crops
+    are padded with its fill colour).
     """
     _check_classifier(classifier, "blast")
     threshold = _check_threshold(classifier.threshold if threshold is None else threshold)
@@ -186,6 +192,7 @@ def classify_blasts_steps(
         device,
         batch_size,
         "classify",
+        statistics,
     )
     p_blast = np.full(len(table), np.nan)
     p_blast[nucleated] = probabilities[:, classifier.classes.index("blast")]
@@ -202,6 +209,7 @@ def classify_nucleated_steps(
     *,
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    statistics: FieldStatistics | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Sort every segmented object into red cell, platelet or white cell with a ``nucleated``
     classifier; yields Progress("nucleated", batch, n_batches).
@@ -214,7 +222,7 @@ def classify_nucleated_steps(
     _check_classifier(classifier, "nucleated")
     _check_cells(cells, ("label", "centroid_y", "centroid_x"), "measure the cells first.")
     probabilities = yield from _probabilities_steps(
-        image, labels, cells, pixel_size_um, classifier, device, batch_size, "nucleated"
+        image, labels, cells, pixel_size_um, classifier, device, batch_size, "nucleated", statistics
     )
     table = cells.copy()
     white = classifier.classes.index("white cell")
@@ -235,6 +243,7 @@ def predict_mutation_steps(
     device: str | torch.device = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     score: str = "blasts",
+    statistics: FieldStatistics | None = None,
 ) -> Generator[Progress, None, pd.DataFrame]:
     """Mutation-class probabilities of the blasts; yields Progress("mutation", batch, n).
 
@@ -265,6 +274,7 @@ def predict_mutation_steps(
         device,
         batch_size,
         "mutation",
+        statistics,
     )
     for index, class_name in enumerate(classifier.classes):
         column = np.full(len(table), np.nan)

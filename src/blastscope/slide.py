@@ -25,7 +25,7 @@ from blastscope.io import (
     to_rgb_uint8,
 )
 
-SLIDE_SUFFIXES = (".svs", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
 FIELD_LIMIT_PX = 12_000**2
 """Level-0 pixels above which a file is read as a whole slide only through a region
 (``--roi``): reading it whole would take gigabytes before any check could run."""
@@ -101,9 +101,17 @@ class SlideImage:
         scale = self.downsamples[level]
         rows = slice(int(region.y / scale), max(int(region.y / scale) + 1, int(bottom / scale)))
         cols = slice(int(region.x / scale), max(int(region.x / scale) + 1, int(right / scale)))
-        pixels = np.asarray(self.levels[level][rows, cols])
-        rgb, _ = to_rgb_uint8(pixels)
+        rgb, _ = to_rgb_uint8(self.read_window(level, rows, cols))
         return rgb
+
+    def read_window(self, level: int, rows: slice, cols: slice, step: int = 1) -> np.ndarray:
+        """Pixels ``rows`` x ``cols`` of ``level`` (its own pixels), every ``step``-th, as they
+        are stored: decoded here, even where a dask cluster is the default scheduler (a
+        slide's reads belong to the process that opened it)."""
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            return np.asarray(self.levels[level][rows, cols][::step, ::step])
 
     def close(self) -> None:
         if self._tiff is not None:

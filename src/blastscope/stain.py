@@ -32,9 +32,12 @@ STAIN_NORMALISATIONS = ("none", "cells")
 _MIN_MEDIAN_OD = 0.02
 
 
-def normalise_to_cells(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def normalise_to_cells(
+    image: np.ndarray, labels: np.ndarray, background: np.ndarray | None = None
+) -> np.ndarray:
     """``image`` (Y, X, 3) uint8 with its stain normalised against its objects ``labels`` (Y, X)
-    (see the module docstring); a copy, uint8."""
+    (see the module docstring); a copy, uint8. ``background`` (3,): the background colour
+    (default :func:`~blastscope.cells.background_rgb` of ``image``)."""
     if image.ndim != 3 or image.shape[-1] != 3 or labels.shape != image.shape[:2]:
         raise ValueError(
             f"normalise_to_cells needs an RGB image (Y, X, 3) and labels of the same (Y, X), got "
@@ -44,7 +47,8 @@ def normalise_to_cells(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     ids = ids[ids > 0]
     if len(ids) < MIN_OBJECTS:
         return image.copy()
-    background = background_rgb(image)
+    if background is None:
+        background = background_rgb(image)
     density = np.log(background / np.maximum(image.astype(np.float32), 1.0)).clip(0.0, None)
     per_object = np.stack(
         [ndi.mean(density[..., channel], labels, ids) for channel in range(3)], axis=1

@@ -19,27 +19,38 @@ Results go to ``OUT/<slide id>.tiled/`` as they are made (a field run of the sam
   after a crash or Cancel redoes only the tiles in flight;
 - ``<slide id>.geojson``: QuPath detections of the nucleated cells in level-0 pixels,
   streamed a tile at a time from each tile's ``cells/tile_<index>.features.json``;
+- ``OUT/cells.parquet/slide_id=<slide id>/cells.parquet``: the slide's cells, a row group per
+  tile; a cohort's slides read as one table (:data:`COHORT_TABLE`);
 - ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
   analysed.
 
-Whole-image statistics (intensity percentiles, background colour) are still taken per tile.
+Whole-image statistics (the segmenter's intensity percentiles, the background colour, the crop
+fill colour; :mod:`blastscope.field_statistics`) are taken once per slide, from full-resolution
+patches spread over the tiles that hold cells (:func:`survey_slide`), and every tile uses them:
+with the same tile grid and statistics, a one-piece run of the same pixels
+(``SegmentationParams(tile_size=tile_px, tile_overlap_px=halo_px)``) gives the same labels up to
+their numbering. Where cells of two tiles claim a pixel, the earlier tile's keeps it (as the
+one-piece run pastes its tiles), whatever order the tiles finish in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from blastscope.distributed import Cluster, portable_config
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
 from blastscope.export.tables import read_cells_table, write_cells_table
+from blastscope.field_statistics import FieldStatistics, field_statistics, stained_pixels
 from blastscope.io import ImageInputError, check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
@@ -60,7 +71,7 @@ MARKER_NAME = "slide.json"
 class WholeSlideOutcome:
     """What a whole-slide run made: the pooled call, counts, the area analysed (mm²), the
     tiles analysed now and reused from an earlier run, and the output folder. Tiles of empty
-    background (:func:`tiles_with_cells`) are not analysed and not counted in the area."""
+    background (:func:`survey_slide`) are not analysed and not counted in the area."""
 
     slide_call: SlideCall | None
     counts: dict[str, int]
@@ -90,8 +101,16 @@ def whole_slide_steps(
     pixel_size_um: float | None = None,
     tile_px: int = DEFAULT_TILE_PX,
     halo_px: int = DEFAULT_HALO_PX,
+    cluster: Cluster | None = None,
+    restart: bool = False,
 ) -> Steps[WholeSlideOutcome]:
-    """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text."""
+    """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text.
+
+    ``cluster``: the dask workers that analyse the tiles (each loads the models once; see
+    :mod:`blastscope.distributed`), this process writing what they return; ``None`` analyses
+    them here, one after another. Both give the same files. ``restart``: redo every tile,
+    even those an earlier run with the same settings finished.
+    """
     import zarr
 
     path = Path(path)
@@ -130,7 +149,7 @@ def whole_slide_steps(
             "segmentation": repr(config.segmentation),
         }
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
-        done = _done_tiles(folder, key)
+        done = set() if restart else _done_tiles(folder, key)
         (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
         if not done:  # a first run, or other settings: nothing earlier may be pooled
             shutil.rmtree(folder / "cells", ignore_errors=True)
@@ -144,21 +163,34 @@ def whole_slide_steps(
             dtype=labels_dtype(len(cores)),
             fill_value=0,
         )
-        occupied = tiles_with_cells(slide, cores)
-        reused, run = len(done), 0
-        for index, core in enumerate(cores):
-            yield Progress("tiles", index, len(cores), f"tile {index + 1} of {len(cores)}")
-            if index in done or not occupied[index]:
+        survey = survey_slide(slide, cores)
+        occupied = survey.occupied
+        todo = [index for index, kept in enumerate(occupied) if kept and index not in done]
+        reused, before = len(done), len(cores) - len(todo)
+        yield Progress("tiles", before, len(cores), f"{len(todo)} tiles to analyse")
+        job = TileJob(path, area, size, config, halo_px, survey.statistics)
+        tiles = [(index, cores[index]) for index in todo]
+        if cluster is None:
+            results = _tiles_here(slide, job, tiles)
+        else:
+            results = _tiles_on_cluster(cluster, job, tiles)
+        finished = 0
+        for item in results:
+            if isinstance(item, Progress):  # a tile's own stages, when run in this process
+                yield item
                 continue
-            yield from _tile_steps(slide, area, core, index, size, config, halo_px, labels, folder)
-            done.add(index)
+            _write_tile(item, area, labels, folder, size)
+            done.add(item.index)
             _write_done(folder, key, done)
-            run += 1
-        yield Progress("tiles", len(cores), len(cores))
+            finished += 1
+            yield Progress(
+                "tiles", before + finished, len(cores), f"{finished} of {len(todo)} tiles analysed"
+            )
+        run = len(todo)
     cells = _all_cells(folder, sorted(done))
     slide_call = None
     mutation = config.mutation_model
-    if mutation is not None and len(cells):
+    if config.blast_model is not None and mutation is not None and len(cells):
         slide_call = config.slide_call.call(cells, tuple(mutation.classes))
     counts = {
         "cells": len(cells),
@@ -181,8 +213,11 @@ def whole_slide_steps(
     record["labels_levels"] = levels
     record["pixel_size_um"] = size
     record["offset_yx"] = [area.y, area.x]
+    cohort_table = cells_parquet_path(out_dir, folder.stem)
+    record["cells_parquet"] = str(cohort_table)
     with AtomicFiles(overwrite=True) as files:
         _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
+        _stream_parquet(files.temporary(cohort_table), folder, sorted(done))
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
@@ -200,11 +235,28 @@ MIN_OCCUPIED_FRACTION = 0.005
 """A tile is analysed when at least this share of its overview pixels is not background."""
 
 
-def tiles_with_cells(slide, cores: list[Region]) -> list[bool]:
+@dataclass
+class SlideSurvey:
+    """Where a slide's smear is and its whole-slide statistics: ``occupied[i]`` tells whether
+    tile ``i`` holds anything but empty background; ``statistics`` (None when no tile does)
+    are taken from full-resolution patches of the occupied tiles."""
+
+    occupied: list[bool]
+    statistics: FieldStatistics | None
+
+
+MAX_REFERENCE_PATCHES = 32
+"""Whole-slide statistics come from at most this many patches, spread over the occupied tiles."""
+REFERENCE_PATCH_PX = 512
+"""The side of a reference patch (level-0 pixels), taken at the centre of its tile."""
+
+
+def survey_slide(slide, cores: list[Region]) -> SlideSurvey:
     """Which tiles hold something other than the slide's empty background, judged on a low
     pyramid level (at most :data:`OVERVIEW_MAX_DOWNSAMPLE` smaller, read a tile at a time and
-    thinned to about that scale): a pixel is background when it is pale and grey (the glass
-    between cells) or near black (a scanner's padding); anything stained is not."""
+    thinned to about that scale; :func:`blastscope.field_statistics.stained_pixels`), and the
+    slide's statistics from full-resolution patches of up to :data:`MAX_REFERENCE_PATCHES`
+    occupied tiles, evenly spread (only those patches are decoded)."""
     level = max(
         (
             index
@@ -220,34 +272,76 @@ def tiles_with_cells(slide, cores: list[Region]) -> list[bool]:
         top, left = int(core.y / factor), int(core.x / factor)
         rows = slice(top, max(top + 1, int((core.y + core.height) / factor)))
         cols = slice(left, max(left + 1, int((core.x + core.width) / factor)))
-        window = np.asarray(slide.levels[level][rows, cols][::step, ::step]).astype(np.int16)
-        window = window[..., :3]
-        spread = window.max(axis=-1) - window.min(axis=-1)
-        mean = window.mean(axis=-1)
-        stained = (spread > 18) | ((mean < 170) & (mean > 30))
+        window = slide.read_window(level, rows, cols, step)[..., :3]
+        stained = stained_pixels(window)
         occupied.append(bool(stained.size) and float(stained.mean()) >= MIN_OCCUPIED_FRACTION)
-    return occupied
+    chosen = [core for core, kept in zip(cores, occupied, strict=True) if kept]
+    if not chosen:
+        return SlideSurvey(occupied, None)
+    picks = np.linspace(0, len(chosen) - 1, min(len(chosen), MAX_REFERENCE_PATCHES))
+    patches = []
+    for core in (chosen[round(float(pick))] for pick in picks):
+        side_x, side_y = min(REFERENCE_PATCH_PX, core.width), min(REFERENCE_PATCH_PX, core.height)
+        x = core.x + (core.width - side_x) // 2
+        y = core.y + (core.height - side_y) // 2
+        try:
+            patches.append(slide.read_region(Region(x, y, side_x, side_y)).reshape(-1, 3))
+        except ImageInputError:  # a blank patch (a scanner's padding) says nothing
+            continue
+    if not patches:
+        return SlideSurvey(occupied, None)
+    return SlideSurvey(occupied, field_statistics(np.concatenate(patches)))
 
 
-def _tile_steps(
-    slide, area: Region, core: Region, index: int, size: float, config, halo_px: int, labels, folder
-) -> Steps[None]:
-    """Analyse one tile (core + halo), keep the cells centred in its core, write them."""
+@dataclass
+class TileJob:
+    """What every tile of one run shares: the slide file, the area analysed, the pixel size,
+    the pipeline settings, the halo and the slide's statistics (sent once to each worker)."""
+
+    path: Path
+    area: Region
+    pixel_size_um: float
+    config: PipelineConfig
+    halo_px: int
+    statistics: FieldStatistics | None
+
+
+@dataclass
+class TileResult:
+    """One analysed tile: its kept cells' slide-wide ids over the window read (``labels``,
+    None for a blank tile), where that window starts (level-0 y, x), its cells table (level-0
+    centroids) and its QuPath features (level-0 pixels)."""
+
+    index: int
+    offset_yx: tuple[int, int]
+    labels: np.ndarray | None
+    cells: pd.DataFrame
+    features: list[dict]
+
+
+def analyse_tile_steps(slide, job: TileJob, index: int, core: Region) -> Steps[TileResult]:
+    """Analyse tile ``index`` (its ``core`` and a halo around it) and keep the cells centred in
+    its core, with slide-wide ids (module text)."""
     height, width = slide.shape
-    x0, y0 = max(0, core.x - halo_px), max(0, core.y - halo_px)
-    x1 = min(width, core.x + core.width + halo_px)
-    y1 = min(height, core.y + core.height + halo_px)
+    x0, y0 = max(0, core.x - job.halo_px), max(0, core.y - job.halo_px)
+    x1 = min(width, core.x + core.width + job.halo_px)
+    y1 = min(height, core.y + core.height + job.halo_px)
     try:
         pixels = slide.read_region(Region(x0, y0, x1 - x0, y1 - y0))
     except ImageInputError:  # a blank tile (a scanner's padding): nothing to analyse
-        return
-    result = yield from analyse_steps(pixels, size, config)
+        return TileResult(index, (y0, x0), None, pd.DataFrame(), [])
+    result = yield from analyse_steps(
+        pixels, job.pixel_size_um, job.config, statistics=job.statistics
+    )
     cells = result.cells
+    # a pixel's centre is its index: cores split the plane at half pixels, as the one-piece
+    # run's tiles do (blastscope.segment.tiling), so every centroid has exactly one core
+    centre_x, centre_y = cells["centroid_x"] + x0 + 0.5, cells["centroid_y"] + y0 + 0.5
     inside = (
-        (cells["centroid_x"] + x0 >= core.x)
-        & (cells["centroid_x"] + x0 < core.x + core.width)
-        & (cells["centroid_y"] + y0 >= core.y)
-        & (cells["centroid_y"] + y0 < core.y + core.height)
+        (centre_x >= core.x)
+        & (centre_x < core.x + core.width)
+        & (centre_y >= core.y)
+        & (centre_y < core.y + core.height)
     ).to_numpy()
     kept = cells.loc[inside].copy()
     local = result.labels
@@ -256,32 +350,100 @@ def _tile_steps(
             f"Tile {index} has label ids up to {int(local.max())}, more than the {ID_STRIDE} a "
             "tile's ids can hold: use smaller tiles (--slide-tile)."
         )
-    ids = np.zeros(int(local.max()) + 1, labels.dtype)
+    dtype = labels_dtype(index + 1)
+    ids = np.zeros(int(local.max()) + 1, dtype)
     ids[kept["label"].to_numpy()] = index * ID_STRIDE + kept["label"].to_numpy()
     tile_labels = ids[local]
-    # write into the analysed area's labels (area coordinates), merging with what is there
-    top, left = y0 - area.y, x0 - area.x
-    rows = slice(max(0, top), min(area.height, top + tile_labels.shape[0]))
-    cols = slice(max(0, left), min(area.width, left + tile_labels.shape[1]))
-    piece = tile_labels[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
-    if piece.any():
-        window = labels[rows, cols]
-        labels[rows, cols] = np.where(piece > 0, piece, window)
     kept["label"] = ids[kept["label"].to_numpy()].astype(np.int64)
     kept["tile"] = index
     kept["centroid_x"] = kept["centroid_x"] + x0  # level-0 pixels of the slide
     kept["centroid_y"] = kept["centroid_y"] + y0
     kept = kept.reset_index(drop=True)
-    write_cells_table(
-        folder / "cells" / f"tile_{index:05d}.csv", kept, pixel_size_um=size, overwrite=True
-    )
-    # the tile's QuPath features, in level-0 pixels, for the slide's streamed GeoJSON
     features = geojson_collection(
-        tile_labels.astype(np.int64), kept, pixel_size_um=size, offset_yx=(y0, x0)
+        tile_labels.astype(np.int64), kept, pixel_size_um=job.pixel_size_um, offset_yx=(y0, x0)
     )["features"]
+    return TileResult(index, (y0, x0), tile_labels, kept, features)
+
+
+def analyse_tile(job: TileJob, index: int, core: Region, threads: int | None) -> TileResult:
+    """:func:`analyse_tile_steps` as one task on a dask worker: opens the slide itself, uses
+    ``threads`` torch threads (None: the worker's own count) and the models this worker has
+    loaded already (:func:`blastscope.distributed.worker_config`)."""
+    from blastscope.distributed import use_threads, worker_config
+
+    use_threads(threads)
+    job = replace(job, config=worker_config(job.config))
+    with open_slide(job.path) as slide:
+        steps = analyse_tile_steps(slide, job, index, core)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+
+def _tiles_here(slide, job: TileJob, tiles: list[tuple[int, Region]]):
+    """Each tile analysed in this process, in order: its Progress events, then its result."""
+    for index, core in tiles:
+        yield (yield from analyse_tile_steps(slide, job, index, core))
+
+
+def _tiles_on_cluster(cluster: Cluster, job: TileJob, tiles: list[tuple[int, Region]]):
+    """Each tile as a task on the cluster's workers, :meth:`Cluster.slots` in flight (so memory
+    holds only those); yields the results as they finish. Closing the generator (Ctrl-C)
+    cancels the tasks not finished."""
+    from dask.distributed import as_completed
+
+    client = cluster.client
+    shared = client.scatter(replace(job, config=portable_config(job.config)), broadcast=True)
+    pending = iter(tiles)
+    running = as_completed()
+    futures = []
+
+    def submit(count: int) -> None:
+        for index, core in itertools.islice(pending, count):
+            futures.append(
+                client.submit(analyse_tile, shared, index, core, cluster.threads, pure=False)
+            )
+            running.add(futures[-1])
+
+    try:
+        submit(cluster.slots())
+        for future in running:
+            result = future.result()  # a worker's error is raised here, with its own message
+            future.release()
+            submit(1)
+            yield result
+    finally:
+        client.cancel([future for future in futures if not future.done()])
+
+
+def _write_tile(tile: TileResult, area: Region, labels, folder: Path, size: float) -> None:
+    """Write one tile's cells into the area's labels, its table and its features. Where two
+    tiles' cells claim a pixel, the earlier tile's (lower id) keeps it, whatever order the
+    tiles finish in. A blank tile writes nothing."""
+    if tile.labels is None:
+        return
+    y0, x0 = tile.offset_yx
+    top, left = y0 - area.y, x0 - area.x  # the window in area coordinates
+    rows = slice(max(0, top), min(area.height, top + tile.labels.shape[0]))
+    cols = slice(max(0, left), min(area.width, left + tile.labels.shape[1]))
+    piece = tile.labels[
+        rows.start - top : rows.stop - top, cols.start - left : cols.stop - left
+    ].astype(labels.dtype)
+    if piece.any():
+        window = labels[rows, cols]
+        earlier = (window > 0) & ((piece == 0) | (window < piece))
+        labels[rows, cols] = np.where(earlier, window, piece)
+    write_cells_table(
+        folder / "cells" / f"tile_{tile.index:05d}.csv",
+        tile.cells,
+        pixel_size_um=size,
+        overwrite=True,
+    )
     with AtomicFiles(overwrite=True) as files:
-        files.temporary(folder / "cells" / f"tile_{index:05d}.features.json").write_text(
-            json.dumps(features, separators=(",", ":")), encoding="utf-8"
+        files.temporary(folder / "cells" / f"tile_{tile.index:05d}.features.json").write_text(
+            json.dumps(tile.features, separators=(",", ":")), encoding="utf-8"
         )
 
 
@@ -293,6 +455,7 @@ def write_label_levels(path: Path) -> int:
     """Add the coarser levels "1", "2", ... to the labels group at ``path`` (each every
     second pixel of the one before, nearest: ids stay ids), chunk by chunk; returns how many
     levels the pyramid has."""
+    import dask
     import dask.array as da
     import zarr
 
@@ -302,7 +465,9 @@ def write_label_levels(path: Path) -> int:
     while max(level.shape) >= 2 * MIN_LEVEL_SIDE:
         index += 1
         level = level[::2, ::2].rechunk(group["0"].chunks)
-        level.to_zarr(str(path / str(index)), overwrite=True)
+        # local threads: the labels are this process's files, never a cluster's task
+        with dask.config.set(scheduler="threads"):
+            level.to_zarr(str(path / str(index)), overwrite=True)
         level = da.from_zarr(zarr.open_array(str(path / str(index)), mode="r"))
     for stale in range(index + 1, 64):
         if str(stale) not in group:
@@ -325,6 +490,46 @@ def _stream_geojson(target: Path, folder: Path, tiles: list[int]) -> None:
                 out.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                 first = False
         out.write("]}")
+
+
+COHORT_TABLE = "cells.parquet"
+"""``OUT/cells.parquet/slide_id=<slide>/cells.parquet``: every whole slide's cells, one file per
+slide, so that ``pandas.read_parquet(OUT / "cells.parquet")`` reads a cohort as one table with
+a ``slide_id`` column."""
+
+
+def cells_parquet_path(out_dir: str | Path, slide_id: str) -> Path:
+    """Where a whole slide's cells table goes in the cohort table (:data:`COHORT_TABLE`)."""
+    target = Path(out_dir) / COHORT_TABLE / f"slide_id={slide_id}" / "cells.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _stream_parquet(target: Path, folder: Path, tiles: list[int]) -> None:
+    """The slide's cells as one Parquet file, a row group per tile (memory holds one tile)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer = None
+    try:
+        for index in tiles:
+            path = folder / "cells" / f"tile_{index:05d}.csv"
+            if not path.is_file():
+                continue
+            table = read_cells_table(path)[0]
+            if not len(table):
+                continue
+            if writer is None:
+                arrow = pa.Table.from_pandas(table, preserve_index=False)
+                writer = pq.ParquetWriter(target, arrow.schema)
+            else:
+                arrow = pa.Table.from_pandas(table, schema=writer.schema, preserve_index=False)
+            writer.write_table(arrow)
+        if writer is None:  # no cells anywhere: an empty table with the cells' columns
+            pq.write_table(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), target)
+    finally:
+        if writer is not None:
+            writer.close()
 
 
 def _all_cells(folder: Path, tiles: list[int]) -> pd.DataFrame:

@@ -178,16 +178,20 @@ def cellpose_widths(state_dict: dict[str, torch.Tensor]) -> tuple[tuple[int, ...
 
 
 def normalize_channels(
-    channels: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0)
+    channels: np.ndarray,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    reference: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-channel percentile normalisation of (Y, X, C) over the whole image, as in training.
 
     The low percentile maps to 0 and the high one to 1, except that a span narrower than
     :data:`MIN_NORMALIZE_SPAN` is widened downwards (an image of background and noise is not
     stretched into texture; its background stays near 1 as in a real field). All-zero channels
-    stay 0.
+    stay 0. ``reference`` (..., C): the pixels the percentiles are taken from when ``channels``
+    is a piece of a larger image (a whole slide's tile); default ``channels`` itself.
     """
-    sample = channels.reshape(-1, channels.shape[-1])
+    source = channels if reference is None else reference
+    sample = source.reshape(-1, source.shape[-1])
     if len(sample) > 1_000_000:
         sample = sample[:: len(sample) // 500_000]
     high = np.percentile(sample, percentiles[1], axis=0)

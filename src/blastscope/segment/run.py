@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from blastscope.devices import resolve_device
+from blastscope.field_statistics import FieldStatistics
 from blastscope.io import check_pixel_size, to_rgb_uint8
 from blastscope.progress import Progress, run_steps
 from blastscope.segment import loading
@@ -57,15 +58,20 @@ class Segmentation:
 
 
 def segment_steps(
-    image: np.ndarray, pixel_size_um: float | None, params: SegmentationParams
+    image: np.ndarray,
+    pixel_size_um: float | None,
+    params: SegmentationParams,
+    *,
+    statistics: FieldStatistics | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment every cell of ``image`` (Y, X, 3); yields ``Progress("segment", ...)`` per tile.
 
-    ``pixel_size_um`` is µm per pixel, a number or numeric string in the light-microscope
-    range (:func:`blastscope.io.check_pixel_size`; ``None``: unknown, the diameter is then
-    estimated). Returns a :class:`Segmentation`. Closing the generator stops after the current
-    tile. Raises :class:`SegmentationError` before any work when the run would need more memory
-    than is available (:func:`estimate_memory_bytes`).
+    ``pixel_size_um`` is µm per pixel, a number or numeric string in the light-microscope range
+    (:func:`blastscope.io.check_pixel_size`; ``None``: unknown, the diameter is then estimated).
+    Returns a :class:`Segmentation`. Closing the generator stops after the current tile.
+    ``statistics``: the whole image's, when ``image`` is a piece of it (the intensity percentiles
+    are then taken from its reference pixels). Raises :class:`SegmentationError` before any work
+    when the run would need more memory than is available (:func:`estimate_memory_bytes`).
     """
     params.validate()
     if pixel_size_um is not None:
@@ -84,7 +90,8 @@ def segment_steps(
     else:
         diameter_px, diameter_source = _default_diameter(backend, pixel_size_used), "estimated"
     _check_memory(rgb.shape[:2], backend, diameter_px, params, len(tiles), pixel_size_used)
-    channels = normalize_channels(backend.prepare(rgb), params.normalize_percentiles)
+    reference = None if statistics is None else backend.prepare(statistics.reference_image())
+    channels = normalize_channels(backend.prepare(rgb), params.normalize_percentiles, reference)
     if estimating:
         diameter_px, reused = _estimate_diameter(backend, channels, params, pixel_size_used)
         if pixel_size_um is None and backend.diameter_um is not None:

@@ -1,0 +1,170 @@
+"""Where whole-slide tiles and batch slides run: in this process, on a ``LocalCluster`` of this
+machine, or on a running dask scheduler (a cluster made with dask-jobqueue, Kubernetes, ...).
+
+The driver (the process that runs ``blastscope run`` or ``batch``) sends tasks and writes every
+file; workers only read the input and compute, so they need the slide files at the same paths
+(a shared file system on a cluster). Each worker process loads each model once
+(:func:`worker_config`: the bundles are cached per worker, by weights hash) and analyses one task
+at a time with ``threads`` torch threads; a GPU on a worker is used (device ``auto``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from blastscope.errors import BlastscopeError
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+"""The environment variable dask itself reads for a scheduler's address."""
+WORKER_MEMORY_BYTES = 2_500_000_000
+"""Memory a default worker is given room for: one 2,048-pixel tile with its halo, the models
+and Python (about 1.3 GB measured in benchmarks/bench_wholeslide.py, with margin)."""
+CONNECT_TIMEOUT_S = 10
+
+
+class ClusterError(BlastscopeError):
+    """A cluster could not be started or reached."""
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How to run: ``workers`` processes (None: :func:`default_workers`; 0: in this process,
+    no cluster), ``threads`` torch threads per worker (None: the cores shared out), or the
+    running scheduler at ``scheduler`` (``tcp://HOST:PORT``; default the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable), whose own workers are used."""
+
+    workers: int | None = None
+    threads: int | None = None
+    scheduler: str | None = None
+
+    def address(self) -> str | None:
+        """The scheduler to connect to, if any (the option, else the environment)."""
+        return self.scheduler or os.environ.get(SCHEDULER_ENV) or None
+
+    def in_process(self) -> bool:
+        """True when the work runs in this process (``workers`` 0 and no scheduler)."""
+        return self.workers == 0 and self.address() is None
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(threads: int = 1) -> int:
+    """Workers for a ``LocalCluster``: one per ``threads`` cores, as many as memory allows
+    (:data:`WORKER_MEMORY_BYTES` each), at least one."""
+    import psutil
+
+    by_cores = available_cores() // max(1, threads)
+    by_memory = int(psutil.virtual_memory().available // WORKER_MEMORY_BYTES)
+    return max(1, min(by_cores, by_memory))
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A connected dask client and the torch threads each task uses (None: the worker's)."""
+
+    client: Any
+    threads: int | None
+
+    def slots(self) -> int:
+        """Tasks kept in flight: one running and one waiting per worker thread."""
+        threads = sum(self.client.nthreads().values())
+        return max(2, 2 * threads)
+
+
+@contextmanager
+def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
+    """The :class:`Cluster` that ``settings`` ask for, closed on exit (a ``LocalCluster`` is
+    shut down; a running scheduler is only disconnected from); None to run in this process."""
+    if settings.in_process():
+        use_threads(settings.threads)
+        yield None
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a dependency, but a broken install says how
+        raise ClusterError(
+            "dask.distributed is not installed: pip install 'dask[distributed]', or run in this "
+            "process with --workers 0."
+        ) from None
+    address = settings.address()
+    if address is not None:
+        try:
+            client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError, ValueError) as error:
+            raise ClusterError(
+                f"Could not reach a dask scheduler at {address} ({error}). Start one (`dask "
+                f"scheduler`, then `dask worker {address}` on each machine), or unset "
+                f"--scheduler and {SCHEDULER_ENV} to run on this machine."
+            ) from None
+        try:
+            yield Cluster(client, settings.threads)
+        finally:
+            client.close()
+        return
+    threads = settings.threads or 1
+    workers = settings.workers or default_workers(threads)
+    local = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,  # one task at a time per worker: memory holds one tile each
+        processes=True,
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    client = Client(local)
+    try:
+        yield Cluster(client, threads)
+    finally:
+        client.close()
+        local.close()
+
+
+def use_threads(threads: int | None) -> None:
+    """Let torch use ``threads`` threads in this (worker) process; None leaves it be."""
+    if threads is not None:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def portable_config(config):
+    """``config`` with its loaded classifiers replaced by their bundle folders, so tasks carry
+    names, not weights (workers load each once: :func:`worker_config`)."""
+    from blastscope.models.classifier import Classifier
+
+    def portable(model):
+        if isinstance(model, Classifier) and model.path is not None:
+            return str(model.path)
+        return model
+
+    return replace(
+        config,
+        blast_model=portable(config.blast_model),
+        mutation_model=portable(config.mutation_model),
+    )
+
+
+def worker_config(config):
+    """``config`` with its classifiers loaded from this worker's cache (each bundle once per
+    process and weights hash: :func:`blastscope.pipeline.cached_classifier`)."""
+    from blastscope.pipeline import cached_classifier
+
+    def load(model, kind):
+        return cached_classifier(model, kind) if isinstance(model, str) else model
+
+    return replace(
+        config,
+        blast_model=load(config.blast_model, "blast"),
+        mutation_model=load(config.mutation_model, "mutation"),
+    )
