@@ -5,6 +5,7 @@ run end to end from the command line with its GeoJSON in level-0 coordinates."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,32 @@ def test_a_rectangle_drawn_on_a_slide_is_segmented_classified_and_exported_in_pl
     points = np.array([point for feature in detections for point in positions(feature["geometry"])])
     assert points[:, 0].min() >= left  # in the slide's full-resolution pixels
     assert points[:, 1].min() >= top
+
+
+def test_a_scanner_format_opens_through_openslide_and_reads_what_tifffile_reads(
+    slide_image, tmp_path
+):
+    from blastscope.slide import open_with_openslide
+
+    path = tmp_path / "scan.svs"
+    write_svs(path, slide_image, 0.2520)
+    with open_with_openslide(path) as slide, open_slide(path) as reference:
+        assert slide.shape == reference.shape == (1500, 2100)
+        assert slide.pixel_size_um == pytest.approx(0.252)  # openslide.mpp-x
+        assert slide.downsamples == pytest.approx([1.0, 4.0])
+        region = Region(1000, 700, 1100, 800)  # across OpenSlide chunks, to the slide's edge
+        np.testing.assert_array_equal(slide.read_region(region), reference.read_region(region))
+        assert slide.levels[1].shape == (375, 525, 3)
+
+
+def test_scanner_formats_without_openslide_or_their_companion_folder_say_what_to_do(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "scan.mrxs"
+    path.write_text("[GENERAL]\n")  # an MRXS index whose companion folder was not copied
+    assert is_whole_slide(path)
+    with pytest.raises(SlideError, match="companion folder"):
+        open_slide(path)
+    monkeypatch.setitem(sys.modules, "openslide", None)  # as without the extra
+    with pytest.raises(SlideError, match=r"pip install 'napari-blastscope\[openslide\]'"):
+        open_slide(path)

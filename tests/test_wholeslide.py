@@ -87,6 +87,12 @@ def test_a_tiled_run_matches_the_one_piece_run(slide, tiled, config):
     assert len(detections) == tiled.counts["nucleated"]  # QuPath gets the nucleated cells
     record = json.loads((tiled.folder / "slide.json").read_text())
     assert record["area_analysed_mm2"] == pytest.approx(1536**2 * (field.pixel_size_um / 1000) ** 2)
+    report = (tiled.folder / "slide.report.html").read_text()
+    assert "Slide call: NPM1" in report
+    assert f"{record['area_analysed_mm2']:.3f} mm²" in report
+    assert f"<td>{tiled.counts['blasts']} (" in report  # blasts and their share of nucleated
+    for figure in ("thumbnail", "blast_map", "p_blast"):
+        assert (tiled.folder / f"slide.{figure}.png").stat().st_size > 1000
 
 
 def test_with_the_same_grid_and_statistics_tiled_and_one_piece_labels_are_identical(slide, tiled):
@@ -173,7 +179,7 @@ def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_anal
 def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     make_napari_viewer_proxy, slide, config, tmp_path
 ):
-    from widget_cases import PLUGIN
+    from widget_cases import PLUGIN, notifications
 
     path, field = slide
     outcome = run_steps(
@@ -192,6 +198,19 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert len(cells.features) == outcome.counts["cells"]
     label = int(cells.features["label"].iloc[0])
     assert label in np.unique(np.asarray(cells.data[0]))
+
+    # the field docks say what they do not do on a whole slide's cells, and how to get it
+    names = ("Classify blasts", "Edit and re-classify", "Export", "Segment cells")
+    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in names}
+    viewer.layers.selection.active = cells
+    with notifications() as messages:
+        for name in ("Classify blasts", "Edit and re-classify", "Export"):
+            docks[name].run()
+            assert not docks[name].runner.running
+        docks["Segment cells"].recompute()
+    assert len(messages) == 4, messages
+    assert all("tiled run" in message for message in messages), messages
+    assert all("rerun `blastscope run SLIDE --tiled`" in message for message in messages)
 
 
 def test_slide_wide_ids_never_overflow():
@@ -277,3 +296,29 @@ def test_cluster_options_are_checked_and_an_unreachable_scheduler_is_named(
     error = capsys.readouterr().err
     assert "Could not reach a dask scheduler at tcp://127.0.0.1:9" in error
     assert "Traceback" not in error
+
+
+def test_no_labels_writes_the_tables_and_a_full_disk_is_refused_before_any_tile(
+    slide, config, tmp_path, monkeypatch
+):
+    import shutil
+
+    from blastscope import wholeslide
+
+    path, _ = slide
+    region = Region(0, 0, 512, 512)
+    steps = whole_slide_steps(
+        path, tmp_path, config, region=region, tile_px=TILE_PX, write_labels=False
+    )
+    outcome = run_steps(steps)
+    assert not (outcome.folder / "labels.zarr").exists()
+    assert outcome.counts["cells"] > 20
+    for name in ("slide.json", "slide.geojson", "slide.report.html"):
+        assert (outcome.folder / name).is_file()
+    assert len(pd.read_parquet(tmp_path / "cells.parquet")) == outcome.counts["cells"]
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(wholeslide.shutil, "disk_usage", lambda _: usage._replace(free=10**6))
+    with pytest.raises(SlideError, match=r"GB are free: .*--no-labels"):
+        run_steps(whole_slide_steps(path, tmp_path / "full", config, tile_px=TILE_PX))
+    assert not list((tmp_path / "full").glob("*/cells/tile_*.csv"))  # refused before any tile

@@ -52,11 +52,21 @@ from blastscope.io import ImageInputError, file_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
-from blastscope.slide import SLIDE_SUFFIXES, Region, SlideError, is_whole_slide
+from blastscope.slide import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES, Region, SlideError, is_whole_slide
 from blastscope.slide_call import SlideCall
 from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (
+    ".tif",
+    ".tiff",
+    ".svs",
+    ".ndpi",
+    *OPENSLIDE_SUFFIXES,
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+)
 MARKER_NAME = "slide.json"
 MARKER_FORMAT = "blastscope-slide"
 MARKER_VERSION = 2
@@ -661,6 +671,7 @@ def batch_steps(
     tiled: bool = False,
     tile_px: int = DEFAULT_TILE_PX,
     cluster: Cluster | None = None,
+    write_labels: bool = True,
 ) -> Steps[list[SlideOutcome]]:
     """Run :func:`slide_steps` over ``slides``; writes ``summary.csv`` (one row per slide).
 
@@ -669,7 +680,8 @@ def batch_steps(
     A slide that fails is recorded with its error and the batch goes on. ``flag`` is how error
     messages name ``force``. A whole-slide file (:func:`runs_tiled`) is analysed tile by tile
     (:func:`blastscope.wholeslide.whole_slide_steps`, resuming its tiles; on ``cluster``'s
-    workers when given) into ``OUT/<slide>.tiled/``.
+    workers when given) into ``OUT/<slide>.tiled/`` (without ``labels.zarr`` when not
+    ``write_labels``).
     """
     check_formats(formats)
     out_dir = check_writable(out_dir)
@@ -687,7 +699,7 @@ def batch_steps(
         try:
             if runs_tiled(slide, tiled):
                 outcome = yield from _whole_slide_outcome(
-                    slide, out_dir, config, pixel_size_um, tile_px, cluster, force
+                    slide, out_dir, config, pixel_size_um, tile_px, cluster, force, write_labels
                 )
             else:
                 outcome = yield from slide_steps(
@@ -727,6 +739,7 @@ def _whole_slide_outcome(
     tile_px: int,
     cluster: Cluster | None,
     force: bool,
+    write_labels: bool,
 ) -> Steps[SlideOutcome]:
     """One whole slide of a batch, tile by tile; ``force`` redoes every tile."""
     whole = yield from whole_slide_steps(
@@ -737,6 +750,7 @@ def _whole_slide_outcome(
         tile_px=tile_px,
         cluster=cluster,
         restart=force,
+        write_labels=write_labels,
     )
     notes = [
         f"whole slide: {whole.tiles_run} tiles analysed, {whole.tiles_reused} from an earlier "

@@ -290,6 +290,11 @@ def _add_whole_slide_arguments(parser: argparse.ArgumentParser, scope: str) -> N
         help=f"{scope}tile side in level-0 pixels",
     )
     parser.add_argument(
+        "--no-labels",
+        action="store_true",
+        help=f"{scope}write no labels.zarr, only the tables, GeoJSON and report",
+    )
+    parser.add_argument(
         "--workers",
         type=_whole_number(0),
         metavar="N",
@@ -479,6 +484,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_tiled(args)
     for given, option in (
         (args.slide_tile != 2048, "--slide-tile"),
+        (args.no_labels, "--no-labels"),
         (args.workers is not None, "--workers"),
         (args.threads is not None, "--threads"),
         (args.scheduler is not None, "--scheduler"),
@@ -525,6 +531,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
             pixel_size_um=args.pixel_size,
             tile_px=args.slide_tile,
             cluster=workers,
+            write_labels=not args.no_labels,
         )
         outcome = run_steps(steps, progress_bars())
     counts = outcome.counts
@@ -567,6 +574,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             tiled=args.tiled,
             tile_px=args.slide_tile,
             cluster=workers,
+            write_labels=not args.no_labels,
         )
         outcomes = run_steps(steps, progress_bars())
     code = _report(outcomes, args)

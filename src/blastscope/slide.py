@@ -1,10 +1,14 @@
-"""Whole-slide images: pyramidal TIFF, OME-TIFF and Aperio SVS, read lazily level by level and
-tile by tile through tifffile's zarr store, never the full resolution into memory.
+"""Whole-slide images: pyramidal TIFF, OME-TIFF, Aperio SVS and Hamamatsu NDPI, read lazily
+level by level and tile by tile through tifffile's zarr store, never the full resolution into
+memory; 3DHISTECH MRXS and the other OpenSlide formats (:data:`OPENSLIDE_SUFFIXES`) through
+OpenSlide, an optional extra (``pip install 'napari-blastscope[openslide]'``, LGPL).
 
 Coordinates are **level-0 pixels**, (row, column) from the top-left corner of the
 full-resolution image; a region is ``Region(x, y, width, height)`` in those pixels (the order
-QuPath and OpenSlide use). Only the slide's image pyramid is read: the label and macro images
-of scanner files (they carry patient identifiers) are never opened.
+QuPath and OpenSlide use). For an OpenSlide file whose scan covers only part of its frame
+(MRXS, ``openslide.bounds-*``), the image starts at the bounds' corner, as QuPath shows it.
+Only the slide's image pyramid is read: the label and macro images of scanner files (they carry
+patient identifiers) are never opened.
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from blastscope.io import (
     to_rgb_uint8,
 )
 
-SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".tif", ".tiff")
+OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
+"""Scanner formats tifffile cannot read, opened through OpenSlide (the ``openslide`` extra)."""
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".tif", ".tiff", *OPENSLIDE_SUFFIXES)
+OPENSLIDE_CHUNK_PX = 1024
+"""The chunk side of an OpenSlide level as a dask array (one ``read_region`` each)."""
 FIELD_LIMIT_PX = 12_000**2
 """Level-0 pixels above which a file is read as a whole slide only through a region
 (``--roi``): reading it whole would take gigabytes before any check could run."""
@@ -74,7 +82,7 @@ class SlideImage:
     downsamples: list[float]
     pixel_size_um: float | None
     notices: list[str] = field(default_factory=list)
-    _tiff: Any = field(default=None, repr=False)
+    _file: Any = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -104,6 +112,22 @@ class SlideImage:
         rgb, _ = to_rgb_uint8(self.read_window(level, rows, cols))
         return rgb
 
+    def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
+        """``region`` seen from the coarsest pyramid level that keeps its longer side at least
+        ``max_side`` pixels (thinned to about that): (Y, X, 3) uint8 and the level-0 pixels
+        per thumbnail pixel."""
+        wanted = max(1.0, max(region.width, region.height) / max_side)
+        level = max(
+            (index for index, factor in enumerate(self.downsamples) if factor <= wanted),
+            default=0,
+        )
+        factor = self.downsamples[level]
+        step = max(1, int(wanted / factor))
+        rows = slice(int(region.y / factor), int((region.y + region.height) / factor))
+        cols = slice(int(region.x / factor), int((region.x + region.width) / factor))
+        pixels = self.read_window(level, rows, cols, step)[..., :3]
+        return np.ascontiguousarray(pixels).astype(np.uint8, copy=False), factor * step
+
     def read_window(self, level: int, rows: slice, cols: slice, step: int = 1) -> np.ndarray:
         """Pixels ``rows`` x ``cols`` of ``level`` (its own pixels), every ``step``-th, as they
         are stored: decoded here, even where a dask cluster is the default scheduler (a
@@ -114,9 +138,9 @@ class SlideImage:
             return np.asarray(self.levels[level][rows, cols][::step, ::step])
 
     def close(self) -> None:
-        if self._tiff is not None:
-            self._tiff.close()
-            self._tiff = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> SlideImage:
         return self
@@ -126,10 +150,12 @@ class SlideImage:
 
 
 def open_slide(path: str | Path) -> SlideImage:
-    """Open a pyramidal TIFF, OME-TIFF or Aperio SVS lazily (see the module text).
+    """Open a pyramidal TIFF, OME-TIFF, Aperio SVS, NDPI or an OpenSlide format lazily (see
+    the module text).
 
-    The pixel size comes from the OME metadata, Aperio's ``MPP`` or the resolution tags, and is
-    kept only inside :data:`blastscope.io.PIXEL_SIZE_RANGE_UM` (else None, with a notice).
+    The pixel size comes from the OME metadata, Aperio's ``MPP``, the resolution tags or
+    OpenSlide's ``openslide.mpp-x``, and is kept only inside
+    :data:`blastscope.io.PIXEL_SIZE_RANGE_UM` (else None, with a notice).
     """
     import dask.array as da
     import tifffile
@@ -138,6 +164,8 @@ def open_slide(path: str | Path) -> SlideImage:
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"No slide file at {path}: check the path.")
+    if path.name.lower().endswith(OPENSLIDE_SUFFIXES):
+        return open_with_openslide(path)
     try:
         tiff = tifffile.TiffFile(path)
     except Exception as error:
@@ -164,6 +192,71 @@ def open_slide(path: str | Path) -> SlideImage:
             f"Could not read the image pyramid of {path.name} ({type(error).__name__}: {error})."
         ) from error
     return SlideImage(path, levels, downsamples, pixel_size, notices, tiff)
+
+
+def open_with_openslide(path: str | Path) -> SlideImage:
+    """Open ``path`` through OpenSlide: each level a lazy dask array of
+    :data:`OPENSLIDE_CHUNK_PX` chunks, cropped to the scanned bounds where the file records
+    them (module text). Raises :class:`SlideError` naming the extra when OpenSlide is missing."""
+    path = Path(path)
+    try:
+        import openslide
+    except ImportError:
+        raise SlideError(
+            f"{path.name} is a scanner format that blastscope reads through OpenSlide, which is "
+            "not installed: pip install 'napari-blastscope[openslide]' (openslide-python and "
+            "openslide-bin, LGPL), or convert the slide to OME-TIFF (e.g. bfconvert, QuPath)."
+        ) from None
+    try:
+        handle = openslide.OpenSlide(str(path))
+    except (openslide.OpenSlideError, OSError) as error:
+        raise SlideError(
+            f"OpenSlide could not open {path.name} ({error}); an MRXS slide needs its companion "
+            "folder (same name, no suffix) beside it."
+        ) from None
+    properties = handle.properties
+    x0 = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_X, 0) or 0)
+    y0 = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0) or 0)
+    full_width, full_height = handle.dimensions
+    width = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_width) or full_width)
+    height = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_height) or full_height)
+    downsamples = [float(factor) for factor in handle.level_downsamples]
+    levels = [
+        _openslide_level(handle, level, (x0, y0), (width, height), factor)
+        for level, factor in enumerate(downsamples)
+    ]
+    size = properties.get(openslide.PROPERTY_NAME_MPP_X)
+    notices: list[str] = []
+    pixel_size = None
+    if size is None:
+        notices.append(f"{path.name} records no pixel size: give --pixel-size (µm per pixel).")
+    else:
+        try:
+            pixel_size = check_pixel_size(float(size))
+        except (ImageInputError, ValueError):
+            notices.append(
+                f"Ignored {path.name}'s pixel size of {size} µm per pixel: give --pixel-size."
+            )
+    return SlideImage(path, levels, downsamples, pixel_size, notices, handle)
+
+
+def _openslide_level(handle: Any, level: int, origin: tuple[int, int], size, factor: float):
+    """One OpenSlide level as a lazy (Y, X, 3) uint8 dask array, each chunk one
+    ``read_region`` (level-0 location from the bounds' corner, RGBA composited to RGB)."""
+    import dask.array as da
+
+    width, height = int(size[0] // factor), int(size[1] // factor)
+    chunk = OPENSLIDE_CHUNK_PX
+    rows = tuple(min(chunk, height - start) for start in range(0, height, chunk))
+    cols = tuple(min(chunk, width - start) for start in range(0, width, chunk))
+
+    def read(block_info=None):
+        (top, bottom), (left, right), _ = block_info[None]["array-location"]
+        location = (origin[0] + int(left * factor), origin[1] + int(top * factor))
+        rgba = np.asarray(handle.read_region(location, level, (right - left, bottom - top)))
+        return rgba[..., :3].copy()
+
+    return da.map_blocks(read, chunks=(rows, cols, (3,)), dtype=np.uint8)
 
 
 def _yxc(level: Any, axes: str) -> Any:
@@ -200,6 +293,8 @@ def is_whole_slide(path: str | Path) -> bool:
     path = Path(path)
     if not path.name.lower().endswith(SLIDE_SUFFIXES):
         return False
+    if path.name.lower().endswith(OPENSLIDE_SUFFIXES):
+        return True  # scanner formats are whole slides
     try:
         with tifffile.TiffFile(path) as tiff:
             shape = tiff.series[0].levels[0].shape

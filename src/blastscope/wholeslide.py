@@ -21,6 +21,8 @@ Results go to ``OUT/<slide id>.tiled/`` as they are made (a field run of the sam
   streamed a tile at a time from each tile's ``cells/tile_<index>.features.json``;
 - ``OUT/cells.parquet/slide_id=<slide id>/cells.parquet``: the slide's cells, a row group per
   tile; a cohort's slides read as one table (:data:`COHORT_TABLE`);
+- ``<slide id>.report.html`` (+ PNGs): the call, counts and area, a thumbnail with the blasts
+  marked and a map of blast percentages (:mod:`blastscope.export.slide_report`);
 - ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
   analysed.
 
@@ -35,6 +37,8 @@ one-piece run pastes its tiles), whatever order the tiles finish in.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import itertools
 import json
@@ -49,6 +53,7 @@ import pandas as pd
 from blastscope.distributed import Cluster, portable_config
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
+from blastscope.export.slide_report import THUMBNAIL_SIDE_PX, slide_report_files
 from blastscope.export.tables import read_cells_table, write_cells_table
 from blastscope.field_statistics import FieldStatistics, field_statistics, stained_pixels
 from blastscope.io import ImageInputError, check_pixel_size, file_sha256
@@ -103,13 +108,16 @@ def whole_slide_steps(
     halo_px: int = DEFAULT_HALO_PX,
     cluster: Cluster | None = None,
     restart: bool = False,
+    write_labels: bool = True,
 ) -> Steps[WholeSlideOutcome]:
     """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text.
 
     ``cluster``: the dask workers that analyse the tiles (each loads the models once; see
     :mod:`blastscope.distributed`), this process writing what they return; ``None`` analyses
     them here, one after another. Both give the same files. ``restart``: redo every tile,
-    even those an earlier run with the same settings finished.
+    even those an earlier run with the same settings finished. ``write_labels`` False writes
+    no ``labels.zarr`` (tables, GeoJSON and report only). Before any tile, the disk space the
+    run may need (:func:`estimate_output_bytes`) is checked against what is free.
     """
     import zarr
 
@@ -147,6 +155,7 @@ def whole_slide_steps(
             "models": [_model_record(config.blast_model), _model_record(config.mutation_model)],
             "blast_threshold": config.blast_threshold,
             "segmentation": repr(config.segmentation),
+            "labels": write_labels,
         }
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
         done = set() if restart else _done_tiles(folder, key)
@@ -155,16 +164,35 @@ def whole_slide_steps(
             shutil.rmtree(folder / "cells", ignore_errors=True)
         (folder / "cells").mkdir(exist_ok=True)
         cores = tile_cores(area, tile_px)
-        pyramid = zarr.open_group(str(folder / LABELS_NAME), mode="a" if done else "w")
-        labels = pyramid.require_array(
-            "0",
-            shape=(area.height, area.width),
-            chunks=(tile_px, tile_px),
-            dtype=labels_dtype(len(cores)),
-            fill_value=0,
-        )
         survey = survey_slide(slide, cores)
         occupied = survey.occupied
+        analysed = [core for core, kept in zip(cores, occupied, strict=True) if kept]
+        needed = estimate_output_bytes(
+            sum(core.width * core.height for core in analysed) * size**2, write_labels
+        )
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise SlideError(
+                f"This run may need about {needed / 1e9:.1f} GB in {folder} (at most, for a "
+                f"dense smear) and {free / 1e9:.1f} GB are free: free some space, choose another "
+                "--out, or analyse a --roi"
+                + ("" if not write_labels else ", or add --no-labels (tables and GeoJSON only)")
+                + "."
+            )
+        yield Progress("disk", 1, 1, f"needs at most about {needed / 1e9:.2f} GB")
+        labels = None
+        if write_labels:
+            pyramid = zarr.open_group(str(folder / LABELS_NAME), mode="a" if done else "w")
+            labels = pyramid.require_array(
+                "0",
+                shape=(area.height, area.width),
+                chunks=(tile_px, tile_px),
+                dtype=labels_dtype(len(cores)),
+                fill_value=0,
+            )
+        else:
+            shutil.rmtree(folder / LABELS_NAME, ignore_errors=True)
+        thumbnail, thumbnail_downsample = slide.thumbnail(area, THUMBNAIL_SIDE_PX)
         todo = [index for index, kept in enumerate(occupied) if kept and index not in done]
         reused, before = len(done), len(cores) - len(todo)
         yield Progress("tiles", before, len(cores), f"{len(todo)} tiles to analyse")
@@ -182,6 +210,7 @@ def whole_slide_steps(
             _write_tile(item, area, labels, folder, size)
             done.add(item.index)
             _write_done(folder, key, done)
+            release_freed_memory()
             finished += 1
             yield Progress(
                 "tiles", before + finished, len(cores), f"{finished} of {len(todo)} tiles analysed"
@@ -197,7 +226,6 @@ def whole_slide_steps(
         "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
         "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
     }
-    analysed = [core for core, kept in zip(cores, occupied, strict=True) if kept]
     area_mm2 = sum(core.width * core.height for core in analysed) * (size / 1000.0) ** 2
     record = {
         "slide": path.name,
@@ -207,9 +235,11 @@ def whole_slide_steps(
         "tiles": {"total": len(cores), "analysed": len(analysed)},
         "slide_call": slide_call.to_dict() if slide_call is not None else None,
     }
-    yield Progress("labels pyramid", 0, 1)
-    levels = write_label_levels(folder / LABELS_NAME)
-    yield Progress("labels pyramid", 1, 1, f"{levels} levels")
+    levels = 0
+    if write_labels:
+        yield Progress("labels pyramid", 0, 1)
+        levels = write_label_levels(folder / LABELS_NAME)
+        yield Progress("labels pyramid", 1, 1, f"{levels} levels")
     record["labels_levels"] = levels
     record["pixel_size_um"] = size
     record["offset_yx"] = [area.y, area.x]
@@ -218,10 +248,37 @@ def whole_slide_steps(
     with AtomicFiles(overwrite=True) as files:
         _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
         _stream_parquet(files.temporary(cohort_table), folder, sorted(done))
+        report = slide_report_files(
+            folder, folder.stem, record, cells, thumbnail, thumbnail_downsample
+        )
+        for target, data in report.items():
+            files.temporary(target).write_bytes(data)
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a finished tile back to the system (glibc's ``malloc_trim``), so
+    that a long run's resident memory stays that of one tile; elsewhere nothing is done (dask
+    workers set ``MALLOC_TRIM_THRESHOLD_`` themselves)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+BYTES_PER_OBJECT = 1_400
+"""Disk per segmented object, measured on tiled runs: its labels (~200 B compressed), the tile
+table (~370 B), the cohort Parquet (~100 B) and its share of the GeoJSON (~2 KB per nucleated
+cell, about a third of the objects)."""
+OBJECTS_PER_UM2 = 1 / 50
+"""A dense smear: one object (mostly red cells) per 50 µm², an upper bound for the estimate."""
+
+
+def estimate_output_bytes(area_um2: float, write_labels: bool = True) -> int:
+    """The disk a tiled run over ``area_um2`` µm² of smear may need, at most (a dense smear)."""
+    per_object = BYTES_PER_OBJECT - (0 if write_labels else 200)
+    return int(area_um2 * OBJECTS_PER_UM2 * per_object) + 1_000_000
 
 
 def labels_dtype(n_tiles: int) -> str:
@@ -424,6 +481,22 @@ def _write_tile(tile: TileResult, area: Region, labels, folder: Path, size: floa
     tiles finish in. A blank tile writes nothing."""
     if tile.labels is None:
         return
+    if labels is not None:
+        _merge_labels(tile, area, labels)
+    write_cells_table(
+        folder / "cells" / f"tile_{tile.index:05d}.csv",
+        tile.cells,
+        pixel_size_um=size,
+        overwrite=True,
+    )
+    with AtomicFiles(overwrite=True) as files:
+        files.temporary(folder / "cells" / f"tile_{tile.index:05d}.features.json").write_text(
+            json.dumps(tile.features, separators=(",", ":")), encoding="utf-8"
+        )
+
+
+def _merge_labels(tile: TileResult, area: Region, labels) -> None:
+    """Write a tile's cells into the area's labels; the earlier tile keeps a shared pixel."""
     y0, x0 = tile.offset_yx
     top, left = y0 - area.y, x0 - area.x  # the window in area coordinates
     rows = slice(max(0, top), min(area.height, top + tile.labels.shape[0]))
@@ -435,16 +508,6 @@ def _write_tile(tile: TileResult, area: Region, labels, folder: Path, size: floa
         window = labels[rows, cols]
         earlier = (window > 0) & ((piece == 0) | (window < piece))
         labels[rows, cols] = np.where(earlier, window, piece)
-    write_cells_table(
-        folder / "cells" / f"tile_{tile.index:05d}.csv",
-        tile.cells,
-        pixel_size_um=size,
-        overwrite=True,
-    )
-    with AtomicFiles(overwrite=True) as files:
-        files.temporary(folder / "cells" / f"tile_{tile.index:05d}.features.json").write_text(
-            json.dumps(tile.features, separators=(",", ":")), encoding="utf-8"
-        )
 
 
 MIN_LEVEL_SIDE = 512

@@ -136,10 +136,13 @@ def geojson_collection(
                 strings,
             )
         )
-    areas = np.bincount(labels.ravel(), minlength=int(present.max(initial=0)) + 1)
+    areas: dict[int, int] = {}
+    if len(unmeasured):
+        values, counts = np.unique(labels, return_counts=True)
+        areas = dict(zip(values.tolist(), counts.tolist(), strict=True))
     for label in unmeasured:
         label = int(label)
-        measurements = {"label": label, "area_px": int(areas[label])}
+        measurements = {"label": label, "area_px": areas[label]}
         features.append(
             _feature(
                 object_uuid(image_key, label, offset),

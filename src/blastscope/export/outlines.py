@@ -134,6 +134,28 @@ def mask_polygons(mask: np.ndarray) -> list[PolygonRings]:
     return list(polygons.values())
 
 
+SPARSE_IDS_ABOVE = 2**20
+"""Ids above this (a whole slide's tile x 2**20 + local id) are windowed through their ranks."""
+
+
+def label_windows(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """The bounding window of every label present in ``labels`` (0 is background). Memory
+    follows the labels present, not the largest id: a whole slide's tile holds ids in the
+    hundreds of millions (``scipy.ndimage.find_objects`` would allocate per id)."""
+    if labels.size == 0 or int(labels.max(initial=0)) <= SPARSE_IDS_ABOVE:
+        return {
+            index + 1: window
+            for index, window in enumerate(ndi.find_objects(labels))
+            if window is not None
+        }
+    present = np.unique(labels)
+    present = present[present > 0]
+    ranks = np.searchsorted(present, labels) + 1
+    ranks[labels <= 0] = 0
+    windows = ndi.find_objects(ranks)
+    return {int(label): window for label, window in zip(present, windows, strict=True)}
+
+
 def labels_geometries(
     labels: np.ndarray, label_ids: Sequence[int], offset_yx: tuple[int, int] = (0, 0)
 ) -> dict[int, dict[str, Any] | None]:
@@ -141,10 +163,10 @@ def labels_geometries(
 
     ``labels`` is (Y, X) integers; coordinates are ``[x, y]`` pixel corners plus ``offset_yx``.
     """
-    windows = ndi.find_objects(labels)
+    windows = label_windows(labels)
     geometries: dict[int, dict[str, Any] | None] = {}
     for label in label_ids:
-        window = windows[label - 1] if 0 < label <= len(windows) else None
+        window = windows.get(int(label))
         if window is None:
             geometries[label] = None
             continue

@@ -35,6 +35,13 @@ GALLERY_CELLS = 24
 GALLERY_WINDOW_UM = 24.0
 GALLERY_CELL_PX = 96
 DISCLAIMER = "Demonstration models: not for diagnosis."
+PAGE_STYLE = (
+    "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+    "text-align:left}.warning{color:#a00;font-weight:bold}.call{font-size:1.3em}"
+    "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:0.8em}"
+)
+"""The CSS of blastscope's HTML reports."""
 
 
 def report_plot_paths(path: str | Path) -> dict[str, Path]:
@@ -376,15 +383,9 @@ def _page(
     if result.notices:
         items = "".join(f"<li>{html.escape(notice)}</li>" for notice in result.notices)
         sections += ["<h2>Notices</h2>", f"<ul>{items}</ul>"]
-    style = (
-        "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:left}.warning{color:#a00;font-weight:bold}.call{font-size:1.3em}"
-        "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:0.8em}"
-    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{PAGE_STYLE}</style></head><body>"
         + "\n".join(sections)
         + "</body></html>\n"
     )

@@ -44,6 +44,21 @@ def conversion_notices(image: Image) -> list[str]:
     return to_rgb_uint8(np.asarray(data[:256, :256]))[1]
 
 
+WHOLE_SLIDE_RESULT = (
+    "{name} holds a whole slide's cells from a tiled run (blastscope run --tiled), stored on "
+    "disk and shown lazily. Classify, Predict mutation, Recompute masks, Edit and Export work on "
+    "fields and slide regions: draw a rectangle on the slide (a Shapes layer) and Segment that "
+    "region to review it here, or rerun `blastscope run SLIDE --tiled` with other settings (it "
+    "redoes every tile); the tiled run's own exports are in its folder."
+)
+
+
+def refuse_whole_slide_result(layer: Labels | None) -> None:
+    """Raise with :data:`WHOLE_SLIDE_RESULT` when ``layer`` is a tiled run's multiscale cells."""
+    if isinstance(layer, Labels) and layer.multiscale:
+        raise ValueError(WHOLE_SLIDE_RESULT.format(name=layer.name))
+
+
 class SessionDock(Container):
     """A dock working on one image and its cells layer; follows the layer's session."""
 
@@ -133,6 +148,7 @@ class SessionDock(Container):
     def inputs(self) -> tuple[Image, Labels]:
         """The image and cells layers to work on; raises with what to do when one is missing."""
         image, cells = self.image_layer(), self.cells_layer()
+        refuse_whole_slide_result(cells)
         if image is None:
             raise ValueError("Choose the image layer of the smear (open one with File > Open).")
         if cells is None:
@@ -179,6 +195,7 @@ class SessionDock(Container):
         return pixels, labels_result_steps(result, pixels, labels.copy(), float(pixel_size))
 
     def require_session(self) -> CellsSession:
+        refuse_whole_slide_result(self.cells_layer())
         if self.session is None or self.session.result is None:
             raise ValueError("Choose a cells layer made by blastscope (Segment cells first).")
         return self.session

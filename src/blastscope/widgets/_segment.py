@@ -244,6 +244,13 @@ class SegmentWidget(Container):
         name = None if image_layer is None else cells_layer_name(image_layer)
         layer = self._viewer.layers[name] if name in self._viewer.layers else None  # noqa: SIM401
         if not isinstance(layer, Labels) or RESULT_KEY not in layer.metadata:
+            if image_layer is not None and image_layer.multiscale:
+                show_error(
+                    "Recompute masks reuses a run's stored network outputs; a whole slide's "
+                    "tiled run keeps none (for memory). Segment a rectangle of the slide and "
+                    "recompute that, or rerun `blastscope run SLIDE --tiled`."
+                )
+                return
             show_error("Segment the image first: there are no stored network outputs to reuse.")
             return
         result = layer.metadata[RESULT_KEY]
