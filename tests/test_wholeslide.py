@@ -189,7 +189,7 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     )
     viewer = make_napari_viewer_proxy()
     viewer.open(str(path), plugin=PLUGIN)  # the slide under its cells
-    (cells,) = viewer.open(str(outcome.folder), plugin=PLUGIN)
+    colours, veil, cells = viewer.open(str(outcome.folder), plugin=PLUGIN)
     assert cells.multiscale
     assert [level.shape for level in cells.data] == [(1280, 1024), (640, 512)]
     size = field.pixel_size_um
@@ -198,6 +198,20 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert len(cells.features) == outcome.counts["cells"]
     label = int(cells.features["label"].iloc[0])
     assert label in np.unique(np.asarray(cells.data[0]))
+    # the field's colours, built lazily per chunk: p_blast on each cell's pixels, the veil at
+    # the run's threshold
+    assert colours.multiscale
+    assert veil.multiscale
+    assert colours.name == "slide.tiled cell colours"
+    classified = cells.features.dropna(subset=["p_blast"]).iloc[0]
+    pixels = np.asarray(cells.data[0]) == classified["label"]
+    values = np.asarray(colours.data[0])[pixels]
+    assert values == pytest.approx(np.full(pixels.sum(), classified["p_blast"]), abs=1e-6)
+    threshold = json.loads((outcome.folder / "slide.json").read_text())["settings"]
+    assert veil.contrast_limits == pytest.approx(
+        [threshold["blast_threshold"] - 1, threshold["blast_threshold"] + 1]
+    )
+    assert np.isnan(np.asarray(colours.data[1])[np.asarray(cells.data[1]) == 0]).all()
 
     # the field docks say what they do not do on a whole slide's cells, and how to get it
     names = ("Classify blasts", "Edit and re-classify", "Export", "Segment cells")

@@ -153,7 +153,7 @@ def whole_slide_steps(
             "halo_px": halo_px,
             "pixel_size_um": size,
             "models": [_model_record(config.blast_model), _model_record(config.mutation_model)],
-            "blast_threshold": config.blast_threshold,
+            "blast_threshold": _threshold_used(config),
             "segmentation": repr(config.segmentation),
             "labels": write_labels,
         }
@@ -621,6 +621,14 @@ def _write_done(folder: Path, key: str, done: set[int]) -> None:
         files.temporary(folder / DONE_NAME).write_text(
             json.dumps({"key": key, "tiles": sorted(done)}), encoding="utf-8"
         )
+
+
+def _threshold_used(config: PipelineConfig) -> float | None:
+    """The blast threshold the run applies: the one given, else the blast bundle's own."""
+    if config.blast_threshold is not None:
+        return float(config.blast_threshold)
+    model = config.blast_model
+    return None if model is None else float(model.threshold)
 
 
 def _model_record(model: Any) -> Any:

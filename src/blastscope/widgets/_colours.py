@@ -78,13 +78,24 @@ def veil_limits(threshold: float) -> tuple[float, float]:
     return (float(threshold) - 1.0, float(threshold) + 1.0)
 
 
+DENSE_LOOKUP_MAX = 2**24
+"""Label ids up to this are looked up in a dense table; larger ones (a whole slide's tile x
+2**20 + local id) through the sorted ids."""
+
+
 def per_pixel(labels: np.ndarray, label_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """A float32 image (Y, X) holding ``values[k]`` on the pixels of label ``label_ids[k]`` and
     NaN elsewhere (background, labels without a value); one lookup over the labels."""
-    top = int(max(labels.max(initial=0), np.max(label_ids, initial=0)))
-    lookup = np.full(top + 1, np.nan, np.float32)
-    lookup[np.asarray(label_ids, dtype=np.int64)] = values
-    return lookup[labels]
+    ids = np.asarray(label_ids, dtype=np.int64)
+    top = int(max(labels.max(initial=0), ids.max(initial=0)))
+    if top <= DENSE_LOOKUP_MAX:
+        lookup = np.full(top + 1, np.nan, np.float32)
+        lookup[ids] = values
+        return lookup[labels]
+    order = np.argsort(ids)
+    ids, values = ids[order], np.asarray(values, dtype=np.float32)[order]
+    index = np.clip(np.searchsorted(ids, labels), 0, len(ids) - 1)
+    return np.where(ids[index] == labels, values[index], np.float32(np.nan))
 
 
 def veil_values(p_blast: np.ndarray, override: np.ndarray) -> np.ndarray:

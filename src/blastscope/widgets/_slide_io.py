@@ -1,6 +1,7 @@
-"""Whole slides in napari: pyramidal TIFF, OME-TIFF and Aperio SVS open as a lazy multiscale
-image (the pyramid's levels as dask arrays; only the tiles in view are decoded), placed in µm;
-the folder of a tiled run opens as a lazy multiscale labels layer over it."""
+"""Whole slides in napari: pyramidal TIFF, OME-TIFF, Aperio SVS, NDPI and OpenSlide formats open
+as a lazy multiscale image (the pyramid's levels as dask arrays; only the tiles in view are
+decoded), placed in µm; the folder of a tiled run opens as lazy multiscale labels over it, with
+the fields' colour and threshold-veil overlays built chunk by chunk as they come into view."""
 
 from __future__ import annotations
 
@@ -8,14 +9,25 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from napari.types import LayerDataTuple
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_warning
 
+from blastscope.calls import override_codes
 from blastscope.export.tables import read_cells_table
 from blastscope.slide import SLIDE_SUFFIXES, SlideError, open_slide
 from blastscope.wholeslide import LABELS_NAME
+from blastscope.widgets._colours import (
+    p_blast_colormap,
+    per_pixel,
+    veil_colormap,
+    veil_limits,
+    veil_values,
+)
 from blastscope.widgets._layers import layer_features
+from blastscope.widgets._session import CELL_OPACITY
 
 
 def get_slide_reader(path: str | list[str]) -> Callable[[str | list[str]], list] | None:
@@ -86,13 +98,64 @@ def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
         return []
     tables = [table for table in cells if len(table)]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    options = {
-        "name": f"{folder.name} cells",
-        "multiscale": True,
+    name = f"{folder.name} cells"
+    placement = {
         "scale": (size, size),
         "translate": (top * size, left * size),
         "units": ("um", "um"),
+    }
+    options = {
+        "name": name,
+        "multiscale": True,
+        **placement,
         "features": layer_features(table) if len(table) else None,
         "metadata": {"pixel_size_um": size, "slide_record": record},
     }
-    return [(levels, options, "labels")]
+    layers = [(levels, options, "labels")]
+    if "p_blast" in table and table["p_blast"].notna().any():
+        # the overlays colour the cells; the labels stay on top, clear, for hovering (napari
+        # cannot be told to draw a reader's labels as outlines)
+        options["colormap"] = DirectLabelColormap(color_dict={None: (0, 0, 0, 0)})
+        layers = [*_lazy_overlays(levels, table, record, name, placement), *layers]
+    return layers
+
+
+def _lazy_overlays(levels, table: pd.DataFrame, record: dict, name: str, placement: dict):
+    """The field's colour and threshold-veil overlays of a tiled run, built chunk by chunk as
+    napari shows them (dask), at the run's threshold: p_blast in viridis, cells below the
+    threshold dimmed."""
+    ids = table["label"].to_numpy(np.int64)
+    p_blast = table["p_blast"].to_numpy(np.float32)
+    override = override_codes(table.get("blast_override"), len(table))
+    veil = veil_values(p_blast, override)
+    threshold = record["settings"].get("blast_threshold")
+
+    def lazily(values):
+        return [
+            level.map_blocks(per_pixel, ids, values, dtype=np.float32, meta=np.empty((0, 0)))
+            for level in levels
+        ]
+
+    style = {"multiscale": True, "interpolation2d": "nearest", "blending": "translucent"}
+    base = name.removesuffix(" cells")
+    colours = {
+        **style,
+        **placement,
+        "name": f"{base} cell colours",
+        "colormap": p_blast_colormap(),
+        "contrast_limits": (0.0, 1.0),
+        "opacity": CELL_OPACITY,
+        "metadata": {"blastscope_overlay": True},
+    }
+    dimmed = {
+        **style,
+        **placement,
+        "name": f"{base} below threshold",
+        "colormap": veil_colormap(),
+        "contrast_limits": veil_limits(threshold or 0.0),
+        "metadata": {"blastscope_overlay": True},
+    }
+    layers = [(lazily(p_blast), colours, "image")]
+    if threshold is not None:  # (runs before 2026-12-02 did not record the threshold used)
+        layers.append((lazily(veil), dimmed, "image"))
+    return layers
