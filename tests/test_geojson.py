@@ -438,3 +438,20 @@ def test_reader_errors_name_the_problem(tmp_path):
     )
     with pytest.raises(ExportError, match="export a region of the slide"):
         read_geojson(huge)
+
+
+def test_a_whole_slide_tile_with_ids_in_the_hundreds_of_millions_gives_the_same_outlines():
+    from blastscope.export.outlines import label_windows
+
+    labels = np.zeros((64, 64), np.int64)
+    labels[5:15, 5:20] = 1
+    labels[30:50, 40:60] = 2
+    labels[52:60, 2:9] = 3
+    stride = 400 * 2**20  # tile 400 of a whole slide: ids above 4 x 10^8
+    sparse = np.where(labels > 0, labels + stride, 0)
+    windows = label_windows(sparse)  # memory per label present, not per id
+    assert sorted(windows) == [stride + 1, stride + 2, stride + 3]
+    assert windows[stride + 2] == (slice(30, 50), slice(40, 60))
+    compact = labels_geometries(labels, [1, 2, 3])
+    wide = labels_geometries(sparse, [stride + 1, stride + 2, stride + 3])
+    assert [wide[stride + k] for k in (1, 2, 3)] == [compact[k] for k in (1, 2, 3)]
