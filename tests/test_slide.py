@@ -267,3 +267,17 @@ def test_scanner_formats_without_openslide_or_their_companion_folder_say_what_to
     monkeypatch.setitem(sys.modules, "openslide", None)  # as without the extra
     with pytest.raises(SlideError, match=r"pip install 'napari-blastscope\[openslide\]'"):
         open_slide(path)
+
+
+def test_a_batch_takes_an_mrxs_file_as_one_slide_and_its_companion_folder_as_none(tmp_path):
+    from blastscope.batch import find_slides, runs_tiled
+
+    (tmp_path / "marrow.mrxs").write_text("[GENERAL]\n")
+    companion = tmp_path / "marrow"  # 3DHISTECH's data folder: an index and .dat files
+    companion.mkdir()
+    (companion / "Slidedat.ini").write_text("[GENERAL]\n")
+    (companion / "Data0000.dat").write_bytes(b"\0" * 16)
+    (slide,) = find_slides(tmp_path)
+    assert slide.slide_id == "marrow"
+    assert slide.fields == (tmp_path / "marrow.mrxs",)
+    assert runs_tiled(slide)  # a scanner format is a whole slide
