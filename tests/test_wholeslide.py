@@ -334,5 +334,7 @@ def test_no_labels_writes_the_tables_and_a_full_disk_is_refused_before_any_tile(
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(wholeslide.shutil, "disk_usage", lambda _: usage._replace(free=10**6))
     with pytest.raises(SlideError, match=r"GB are free: .*--no-labels"):
-        run_steps(whole_slide_steps(path, tmp_path / "full", config, tile_px=TILE_PX))
-    assert not list((tmp_path / "full").glob("*/cells/tile_*.csv"))  # refused before any tile
+        run_steps(whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX))
+    # refused before anything was replaced: the earlier run's record and tables are intact
+    assert json.loads((outcome.folder / "slide.json").read_text())["counts"] == outcome.counts
+    assert len(list((outcome.folder / "cells").glob("tile_*.csv"))) == 1

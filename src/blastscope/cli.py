@@ -299,7 +299,7 @@ def _add_whole_slide_arguments(parser: argparse.ArgumentParser, scope: str) -> N
         type=_whole_number(0),
         metavar="N",
         help=f"{scope}worker processes of a dask LocalCluster (default: one per --threads cores, "
-        "as memory allows; 0: in this process)",
+        "as memory allows; 0: in this process, often as fast on a machine of 2-4 cores)",
     )
     parser.add_argument(
         "--threads",

@@ -157,12 +157,6 @@ def whole_slide_steps(
             "segmentation": repr(config.segmentation),
             "labels": write_labels,
         }
-        key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
-        done = set() if restart else _done_tiles(folder, key)
-        (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
-        if not done:  # a first run, or other settings: nothing earlier may be pooled
-            shutil.rmtree(folder / "cells", ignore_errors=True)
-        (folder / "cells").mkdir(exist_ok=True)
         cores = tile_cores(area, tile_px)
         survey = survey_slide(slide, cores)
         occupied = survey.occupied
@@ -180,6 +174,13 @@ def whole_slide_steps(
                 + "."
             )
         yield Progress("disk", 1, 1, f"needs at most about {needed / 1e9:.2f} GB")
+        # checked: from here on an earlier run's files are replaced
+        key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
+        done = set() if restart else _done_tiles(folder, key)
+        (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
+        if not done:  # a first run, or other settings: nothing earlier may be pooled
+            shutil.rmtree(folder / "cells", ignore_errors=True)
+        (folder / "cells").mkdir(exist_ok=True)
         labels = None
         if write_labels:
             pyramid = zarr.open_group(str(folder / LABELS_NAME), mode="a" if done else "w")
@@ -595,13 +596,22 @@ def _stream_parquet(target: Path, folder: Path, tiles: list[int]) -> None:
             writer.close()
 
 
+POOLED_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated", "is_blast", "blast_override")
+"""What the slide call, the counts and the report need of every cell (with the ``p_*``
+probabilities); the rest stays in the tile tables, so memory holds about 100 bytes a cell."""
+
+
 def _all_cells(folder: Path, tiles: list[int]) -> pd.DataFrame:
-    tables = [
-        read_cells_table(folder / "cells" / f"tile_{index:05d}.csv")[0]
-        for index in tiles
-        if (folder / "cells" / f"tile_{index:05d}.csv").is_file()
-    ]
-    tables = [table for table in tables if len(table)]
+    """Every tile's cells, only the columns the slide's summary needs (:data:`POOLED_COLUMNS`)."""
+    tables = []
+    for index in tiles:
+        path = folder / "cells" / f"tile_{index:05d}.csv"
+        if not path.is_file():
+            continue
+        table = read_cells_table(path)[0]
+        if len(table):
+            keep = [c for c in table.columns if c in POOLED_COLUMNS or c.startswith("p_")]
+            tables.append(table[keep])
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
