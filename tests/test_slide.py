@@ -281,3 +281,12 @@ def test_a_batch_takes_an_mrxs_file_as_one_slide_and_its_companion_folder_as_non
     assert slide.slide_id == "marrow"
     assert slide.fields == (tmp_path / "marrow.mrxs",)
     assert runs_tiled(slide)  # a scanner format is a whole slide
+
+
+def test_slides_named_alike_keep_their_own_names():
+    from blastscope.slide import slide_stem
+
+    assert slide_stem("scans/slide.ome.tif") == "slide"
+    assert slide_stem("patient.7.svs") == "patient.7"  # not "patient": two such slides differ
+    assert slide_stem("patient.8.svs") == "patient.8"
+    assert slide_stem("marrow.MRXS") == "marrow"

@@ -285,6 +285,16 @@ def _checked_pixel_size(tiff: Any, path: Path) -> tuple[float | None, list[str]]
         ]
 
 
+def slide_stem(path: str | Path) -> str:
+    """The slide's name without its format's suffix: ``scan.ome.tif`` -> ``scan``,
+    ``patient.7.svs`` -> ``patient.7``."""
+    name = Path(path).name
+    for suffix in sorted(SLIDE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def is_whole_slide(path: str | Path) -> bool:
     """Whether ``path`` is a TIFF or SVS too large to read whole as a field
     (:data:`FIELD_LIMIT_PX`); such files are read through a region. A small SVS is a field."""

@@ -60,7 +60,7 @@ from blastscope.io import ImageInputError, check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps
-from blastscope.slide import Region, SlideError, open_slide
+from blastscope.slide import Region, SlideError, open_slide, slide_stem
 from blastscope.slide_call import SlideCall
 
 ID_STRIDE = 2**20
@@ -126,7 +126,7 @@ def whole_slide_steps(
         raise SlideError(f"tile_px must be >= 256 and halo_px >= 0, got {tile_px}, {halo_px}.")
     config = loaded(config or PipelineConfig())
     # its own folder: a field run of the same slide (run --roi) keeps OUT/<slide id>/
-    folder = Path(out_dir) / f"{path.name.split('.')[0]}.tiled"
+    folder = Path(out_dir) / f"{slide_stem(path)}.tiled"
     folder.mkdir(parents=True, exist_ok=True)
     with open_slide(path) as slide:
         height, width = slide.shape
