@@ -338,3 +338,37 @@ def test_no_labels_writes_the_tables_and_a_full_disk_is_refused_before_any_tile(
     # refused before anything was replaced: the earlier run's record and tables are intact
     assert json.loads((outcome.folder / "slide.json").read_text())["counts"] == outcome.counts
     assert len(list((outcome.folder / "cells").glob("tile_*.csv"))) == 1
+
+
+def scheduled_tiles(client, wait_s: float = 10.0) -> list[str]:
+    """The tile tasks the scheduler still holds, once they are gone or after ``wait_s``."""
+    import time
+
+    def tile_tasks(dask_scheduler) -> list[str]:
+        return [str(key) for key in dask_scheduler.tasks if "analyse_tile" in str(key)]
+
+    deadline = time.monotonic() + wait_s
+    while (left := client.run_on_scheduler(tile_tasks)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_stopping_a_cluster_run_cancels_its_tasks_and_a_rerun_here_finishes_it(
+    slide, tiled, config, tmp_path
+):
+    from blastscope.distributed import ClusterSettings, cluster
+
+    path, _ = slide
+    with cluster(ClusterSettings(workers=2, threads=1)) as workers:
+        steps = whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX, cluster=workers)
+        for event in steps:  # Ctrl-C once the first tile is written
+            if event.stage == "tiles" and "1 of 9 tiles analysed" in event.message:
+                steps.close()
+                break
+        assert not scheduled_tiles(workers.client)  # no tile task left running on the workers
+    done = json.loads((tmp_path / "slide.tiled" / "tiles_done.json").read_text())["tiles"]
+    assert len(done) == 1
+    rerun = run_steps(whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX))
+    assert (rerun.tiles_reused, rerun.tiles_run) == (1, 8)
+    assert rerun.counts == tiled.counts
+    np.testing.assert_array_equal(tiled_labels(rerun), tiled_labels(tiled))

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from blastscope.distributed import Cluster, portable_config
+from blastscope.distributed import Cluster, portable_config, use_threads, worker_config
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
 from blastscope.export.slide_report import THUMBNAIL_SIDE_PX, slide_report_files
@@ -59,7 +59,7 @@ from blastscope.field_statistics import FieldStatistics, field_statistics, stain
 from blastscope.io import ImageInputError, check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
-from blastscope.progress import Progress, Steps
+from blastscope.progress import Progress, Steps, run_steps
 from blastscope.slide import Region, SlideError, open_slide, slide_stem
 from blastscope.slide_call import SlideCall
 
@@ -427,17 +427,10 @@ def analyse_tile(job: TileJob, index: int, core: Region, threads: int | None) ->
     """:func:`analyse_tile_steps` as one task on a dask worker: opens the slide itself, uses
     ``threads`` torch threads (None: the worker's own count) and the models this worker has
     loaded already (:func:`blastscope.distributed.worker_config`)."""
-    from blastscope.distributed import use_threads, worker_config
-
     use_threads(threads)
     job = replace(job, config=worker_config(job.config))
     with open_slide(job.path) as slide:
-        steps = analyse_tile_steps(slide, job, index, core)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        return run_steps(analyse_tile_steps(slide, job, index, core))
 
 
 def _tiles_here(slide, job: TileJob, tiles: list[tuple[int, Region]]):
@@ -454,26 +447,27 @@ def _tiles_on_cluster(cluster: Cluster, job: TileJob, tiles: list[tuple[int, Reg
 
     client = cluster.client
     shared = client.scatter(replace(job, config=portable_config(job.config)), broadcast=True)
-    pending = iter(tiles)
+    waiting = iter(tiles)
     running = as_completed()
-    futures = []
+    in_flight = set()
 
     def submit(count: int) -> None:
-        for index, core in itertools.islice(pending, count):
-            futures.append(
-                client.submit(analyse_tile, shared, index, core, cluster.threads, pure=False)
-            )
-            running.add(futures[-1])
+        for index, core in itertools.islice(waiting, count):
+            future = client.submit(analyse_tile, shared, index, core, cluster.threads, pure=False)
+            in_flight.add(future)
+            running.add(future)
 
     try:
         submit(cluster.slots())
         for future in running:
             result = future.result()  # a worker's error is raised here, with its own message
+            in_flight.discard(future)
             future.release()
             submit(1)
             yield result
     finally:
-        client.cancel([future for future in futures if not future.done()])
+        if in_flight:
+            client.cancel(list(in_flight))
 
 
 def _write_tile(tile: TileResult, area: Region, labels, folder: Path, size: float) -> None:
