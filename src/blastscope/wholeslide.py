@@ -161,9 +161,8 @@ def whole_slide_steps(
         survey = survey_slide(slide, cores)
         occupied = survey.occupied
         analysed = [core for core, kept in zip(cores, occupied, strict=True) if kept]
-        needed = estimate_output_bytes(
-            sum(core.width * core.height for core in analysed) * size**2, write_labels
-        )
+        analysed_px = sum(core.width * core.height for core in analysed)
+        needed = estimate_output_bytes(analysed_px * size**2, write_labels)
         free = shutil.disk_usage(folder).free
         if needed > free:
             raise SlideError(
@@ -217,38 +216,38 @@ def whole_slide_steps(
                 "tiles", before + finished, len(cores), f"{finished} of {len(todo)} tiles analysed"
             )
         run = len(todo)
-    cells = _all_cells(folder, sorted(done))
-    slide_call = None
-    mutation = config.mutation_model
-    if config.blast_model is not None and mutation is not None and len(cells):
-        slide_call = config.slide_call.call(cells, tuple(mutation.classes))
-    counts = {
-        "cells": len(cells),
-        "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
-        "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
-    }
-    area_mm2 = sum(core.width * core.height for core in analysed) * (size / 1000.0) ** 2
-    record = {
-        "slide": path.name,
-        "settings": settings,
-        "counts": counts,
-        "area_analysed_mm2": area_mm2,
-        "tiles": {"total": len(cores), "analysed": len(analysed)},
-        "slide_call": slide_call.to_dict() if slide_call is not None else None,
-    }
     levels = 0
     if write_labels:
         yield Progress("labels pyramid", 0, 1)
         levels = write_label_levels(folder / LABELS_NAME)
         yield Progress("labels pyramid", 1, 1, f"{levels} levels")
-    record["labels_levels"] = levels
-    record["pixel_size_um"] = size
-    record["offset_yx"] = [area.y, area.x]
     cohort_table = cells_parquet_path(out_dir, folder.stem)
-    record["cells_parquet"] = str(cohort_table)
     with AtomicFiles(overwrite=True) as files:
+        # one pass over the tile tables: the cohort Parquet, and the columns the call needs
+        cells = _pool_cells(folder, sorted(done), files.temporary(cohort_table))
+        slide_call = None
+        mutation = config.mutation_model
+        if config.blast_model is not None and mutation is not None and len(cells):
+            slide_call = config.slide_call.call(cells, tuple(mutation.classes))
+        counts = {
+            "cells": len(cells),
+            "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
+            "blasts": int(cells["is_blast"].sum()) if "is_blast" in cells and len(cells) else 0,
+        }
+        area_mm2 = analysed_px * (size / 1000.0) ** 2
+        record = {
+            "slide": path.name,
+            "settings": settings,
+            "counts": counts,
+            "area_analysed_mm2": area_mm2,
+            "tiles": {"total": len(cores), "analysed": len(analysed)},
+            "slide_call": slide_call.to_dict() if slide_call is not None else None,
+            "labels_levels": levels,
+            "pixel_size_um": size,
+            "offset_yx": [area.y, area.x],
+            "cells_parquet": str(cohort_table),
+        }
         _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
-        _stream_parquet(files.temporary(cohort_table), folder, sorted(done))
         report = slide_report_files(
             folder, folder.stem, record, cells, thumbnail, thumbnail_downsample
         )
@@ -563,12 +562,19 @@ def cells_parquet_path(out_dir: str | Path, slide_id: str) -> Path:
     return target
 
 
-def _stream_parquet(target: Path, folder: Path, tiles: list[int]) -> None:
-    """The slide's cells as one Parquet file, a row group per tile (memory holds one tile)."""
+POOLED_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated", "is_blast", "blast_override")
+"""What the slide call, the counts and the report need of every cell (with the ``p_*``
+probabilities); the rest stays in the tile tables, so memory holds about 100 bytes a cell."""
+
+
+def _pool_cells(folder: Path, tiles: list[int], parquet: Path) -> pd.DataFrame:
+    """Read every tile's cells once: write them to ``parquet`` as one file, a row group per
+    tile (memory holds one tile), and return only the columns the slide's summary needs
+    (:data:`POOLED_COLUMNS`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer = None
+    pooled, writer = [], None
     try:
         for index in tiles:
             path = folder / "cells" / f"tile_{index:05d}.csv"
@@ -577,36 +583,19 @@ def _stream_parquet(target: Path, folder: Path, tiles: list[int]) -> None:
             table = read_cells_table(path)[0]
             if not len(table):
                 continue
+            schema = None if writer is None else writer.schema
+            arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
             if writer is None:
-                arrow = pa.Table.from_pandas(table, preserve_index=False)
-                writer = pq.ParquetWriter(target, arrow.schema)
-            else:
-                arrow = pa.Table.from_pandas(table, schema=writer.schema, preserve_index=False)
+                writer = pq.ParquetWriter(parquet, arrow.schema)
             writer.write_table(arrow)
-        if writer is None:  # no cells anywhere: an empty table with the cells' columns
-            pq.write_table(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), target)
+            keep = [c for c in table.columns if c in POOLED_COLUMNS or c.startswith("p_")]
+            pooled.append(table[keep])
+        if writer is None:  # no cells anywhere: an empty table
+            pq.write_table(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), parquet)
     finally:
         if writer is not None:
             writer.close()
-
-
-POOLED_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated", "is_blast", "blast_override")
-"""What the slide call, the counts and the report need of every cell (with the ``p_*``
-probabilities); the rest stays in the tile tables, so memory holds about 100 bytes a cell."""
-
-
-def _all_cells(folder: Path, tiles: list[int]) -> pd.DataFrame:
-    """Every tile's cells, only the columns the slide's summary needs (:data:`POOLED_COLUMNS`)."""
-    tables = []
-    for index in tiles:
-        path = folder / "cells" / f"tile_{index:05d}.csv"
-        if not path.is_file():
-            continue
-        table = read_cells_table(path)[0]
-        if len(table):
-            keep = [c for c in table.columns if c in POOLED_COLUMNS or c.startswith("p_")]
-            tables.append(table[keep])
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return pd.concat(pooled, ignore_index=True) if pooled else pd.DataFrame()
 
 
 def _done_tiles(folder: Path, key: str) -> set[int]:
