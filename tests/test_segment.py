@@ -354,6 +354,32 @@ def test_without_a_pixel_size_the_diameter_and_the_pixel_size_are_estimated(smal
     assert any("No pixel size" in notice for notice in result.notices)
 
 
+@pytest.mark.parametrize("pixel_size_um", [0.1, 0.25])
+def test_a_field_of_another_scanner_costs_one_quick_trial_and_one_pass(pixel_size_um):
+    """Cells shown 1.25x and 3.1x smaller than the network's size: the first quick trial measures
+    them (a flow check would drop most of the small cells and bias it), then one pass at the
+    estimate: two network passes, the pixel size within 10%."""
+    from blastscope.synthetic import generate_field
+
+    field = generate_field(90_000, "default", shape=(512, 512), pixel_size_um=pixel_size_um)
+    params = SegmentationParams(device="cpu", nucleated_model=None)
+    backend = load_segmenter(params.model, "cpu")
+    calls = []
+    original = backend.network_output_steps
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    backend.network_output_steps = counted
+    try:
+        result = segment(field.image, None, params)
+    finally:
+        del backend.network_output_steps
+    assert len(calls) == 2
+    assert result.pixel_size_um == pytest.approx(pixel_size_um, rel=0.1)
+
+
 def test_an_estimate_that_agrees_with_its_trial_reuses_the_trial_pass(bccd_fields):
     """On a BCCD field the first trial (the model's default scale) is right: one network pass,
     and the same masks as with the pixel size given."""

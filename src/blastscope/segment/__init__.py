@@ -25,12 +25,14 @@ Cellpose resizes an image so that objects of ``diameter`` pixels become the netw
 ``diam_mean`` pixels. A bundle records the pixel size its network works at, so with a known pixel
 size the diameter is exact: ``diameter_px = diameter_um / pixel_size_um`` (``diameter_um`` =
 ``diam_mean`` x the network's pixel size). Without a pixel size the diameter is estimated: a
-first pass at the model's default image pixel size, then the median mask diameter is compared
-with the median mask diameter the network saw in training (``diam_labels``); other trial
-diameters follow until one agrees with its own estimate. Each trial runs on a central crop of at
-most :data:`ESTIMATE_NETWORK_PX` network pixels a side, so trials stay cheap; when the crop is
-the whole image and the estimate agrees with the trial within 10%, the trial's outputs are the
-segmentation (no second pass). The pixel size is then estimated too, ``diameter_um /
+quick pass at the model's default image pixel size (quick masks: fewer flow iterations, no flow
+check), whose median mask diameter is compared with the median mask diameter the network saw in
+training (``diam_labels``). Cells shown smaller than the network's size measure well, so that
+estimate is taken; cells shown larger are split by the network, so a larger estimate is tried in
+turn. Each trial runs on a central crop of at most :data:`ESTIMATE_NETWORK_PX` network pixels a
+side, so trials stay cheap; when the crop is the whole image and the estimate agrees with the
+trial within 15%, the trial's network outputs are reused (only the masks are computed again).
+The pixel size is then estimated too, ``diameter_um /
 diameter_px``, so µm measures and classifier crops use the scale the cells show. The result
 records the pixel size it used and where it came from in ``model_info["pixel_size_source"]``.
 
@@ -83,7 +85,7 @@ from blastscope.segment.diameter import (
     DIAMETER_CANDIDATES,
     ESTIMATE_NETWORK_PX,
     MAX_RESCALE,
-    Outputs,
+    NetworkOutputs,
 )
 from blastscope.segment.loading import CELLPOSE_MODEL_NAMES, load_segmenter, segmenter_choices
 from blastscope.segment.masks import (
@@ -133,7 +135,7 @@ __all__ = [
     "SHIPPED_SEGMENTER",
     "Box",
     "Cellpose3Backend",
-    "Outputs",
+    "NetworkOutputs",
     "Segmentation",
     "SegmentationError",
     "SegmentationParams",

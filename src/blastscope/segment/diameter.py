@@ -5,21 +5,29 @@ from, the diameter trials of an image of unknown pixel size, and the cap on the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from blastscope.segment.backend import SegmenterBackend
-from blastscope.segment.masks import DEFAULT_NITER, MASKS_BY_BACKEND, _masks
+from blastscope.segment.masks import MASKS_BY_BACKEND, _masks_at_scale
 from blastscope.segment.params import SegmentationParams
 
 ASSUMED_PIXEL_SIZE_UM = 0.1
 """µm per pixel assumed for a plain Cellpose model and an image without a pixel size (a 100x
 oil objective on a common camera); bundles record their own default."""
-DIAMETER_CANDIDATES = (1.0, 0.5, 2.0, 0.25, 4.0)
-"""Multiples of the default diameter tried when estimating it (first consistent one wins)."""
+DIAMETER_CANDIDATES = (0.5, 2.0, 0.25, 4.0)
+"""Multiples of the default diameter tried when a trial at the default finds too few cells."""
 ESTIMATE_NETWORK_PX = 512
 """Side (pixels at the network's scale) of the central crop a diameter trial runs on."""
+TRIAL_NITER = 60
+"""Flow iterations of a trial's masks: enough for their sizes (the segmentation's own masks
+use the full count)."""
+MAX_TRIALS = 4
+"""Most trials at an estimate before the last estimate is taken as it is."""
+AGREEMENT = 1.15
+"""An estimate within this factor of its trial's diameter agrees with it (cells within 15% of
+the network's size segment alike; quick masks measure real cells a few per cent small)."""
 MAX_RESCALE = 4.0
 """Largest enlargement of an image for the network (``diam_mean`` / cell diameter in pixels)."""
 
@@ -32,8 +40,8 @@ def _pixel_size(backend: SegmenterBackend, pixel_size_um: float | None) -> tuple
     return ASSUMED_PIXEL_SIZE_UM, "assumed pixel size"
 
 
-Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
-"""Flows (2, Y, X), cell probability (Y, X) and masks (Y, X) of one network pass."""
+NetworkOutputs = tuple[np.ndarray, np.ndarray]
+"""Flows (2, Y, X) and cell probability (Y, X) of one network pass."""
 
 
 def _estimate_diameter(
@@ -41,36 +49,36 @@ def _estimate_diameter(
     channels: np.ndarray,
     params: SegmentationParams,
     pixel_size_um: float,
-) -> tuple[float, Outputs | None]:
-    """Median cell diameter (pixels) of an image of unknown pixel size, and the outputs of the
-    whole image at that diameter when a trial already made them (else None).
+) -> tuple[float, NetworkOutputs | None]:
+    """Median cell diameter (pixels) of an image of unknown pixel size, and the network's
+    outputs for the whole image at that diameter when a trial already made them (else None).
 
     Each trial runs the network at a trial diameter on a central crop of at most
-    :data:`ESTIMATE_NETWORK_PX` network pixels a side (at most one tile); the median diameter
-    of its masks times ``diam_mean / diam_labels`` (the network's size over the median mask size
-    it saw in training) is that trial's estimate. Trials start at the model's default diameter
-    and go through :data:`DIAMETER_CANDIDATES` until one is self-consistent (estimate within
-    15% of the trial); the most consistent trial's estimate is then refined by one more pass
-    when it is more than 10% off. A network shown cells far from its size finds few or wrong
-    masks, hence the trials.
+    :data:`ESTIMATE_NETWORK_PX` network pixels a side (at most one tile) and computes quick
+    masks (:data:`TRIAL_NITER` iterations, no flow check, which would drop the cells of a
+    trial at the wrong scale); their median diameter times ``diam_mean / diam_labels`` (the
+    network's size over the median mask size it saw in training) is the trial's estimate.
+    The first trial runs at the model's default diameter (then at :data:`DIAMETER_CANDIDATES`
+    until one finds cells). Cells shown smaller than the network's size are measured well, so
+    an estimate at most :data:`AGREEMENT` times its trial's diameter is taken; a larger one
+    (the network splits cells shown too large) is tried in turn, up to :data:`MAX_TRIALS`
+    trials. An estimate that agrees with a whole-image trial keeps that trial's diameter.
     """
     default = _default_diameter(backend, pixel_size_um)
-    trials = []
-    for factor in DIAMETER_CANDIDATES:
+    trial = None
+    for factor in (1.0, *DIAMETER_CANDIDATES):
         trial = _diameter_trial(backend, channels, params, default * factor)
-        if trial is None:
-            continue
-        trials.append(trial)
-        if trial.inconsistency < math.log(1.15):
+        if trial is not None:
             break
-    if not trials:
+    if trial is None:
         return float(default), None
-    best = min(trials, key=lambda trial: trial.inconsistency)
-    if best.inconsistency > math.log(1.1):
-        best = _diameter_trial(backend, channels, params, best.estimate) or best
-    if best.whole_image and best.inconsistency <= math.log(1.1):
-        return best.diameter_px, best.outputs
-    return best.estimate, None
+    for _ in range(MAX_TRIALS - 1):
+        if trial.estimate <= trial.diameter_px * AGREEMENT:
+            break
+        trial = _diameter_trial(backend, channels, params, trial.estimate) or trial
+    if trial.whole_image and trial.inconsistency <= math.log(AGREEMENT):
+        return trial.diameter_px, trial.outputs
+    return trial.estimate, None
 
 
 @dataclass
@@ -78,7 +86,7 @@ class _Trial:
     diameter_px: float
     estimate: float
     whole_image: bool
-    outputs: Outputs
+    outputs: NetworkOutputs
 
     @property
     def inconsistency(self) -> float:
@@ -100,10 +108,12 @@ def _diameter_trial(
     tile_dP, tile_prob = backend.network_outputs(crop, network_diameter, params.batch_size)
     mask_scale = min(1.0, backend.diam_mean / diameter_px)
     compute = MASKS_BY_BACKEND[backend.backend]
-    niter = params.niter or DEFAULT_NITER
-    labels = _masks(compute, tile_dP, tile_prob, params, mask_scale, niter, backend.device)
-    sizes = np.bincount(labels.ravel())[1:]
-    sizes = sizes[sizes > 0]
+    quick = replace(params, flow_threshold=0.0)
+    labels = _masks_at_scale(
+        compute, tile_dP, tile_prob, quick, mask_scale, TRIAL_NITER, backend.device
+    )
+    sizes = np.bincount(labels.ravel())[1:] / (labels.shape[0] / height) ** 2
+    sizes = sizes[(sizes > 0) & (sizes >= params.min_size_px)]
     if len(sizes) < 3:
         return None
     median = float(np.median(np.sqrt(sizes))) / (math.sqrt(math.pi) / 2)
@@ -111,7 +121,7 @@ def _diameter_trial(
         diameter_px=float(diameter_px),
         estimate=median * backend.diam_mean / backend.diam_labels,
         whole_image=(crop_height, crop_width) == (height, width),
-        outputs=(tile_dP, tile_prob, labels),
+        outputs=(tile_dP, tile_prob),
     )
 
 

@@ -141,13 +141,34 @@ def _masks(
     the full-resolution cell probability); masks under ``min_size_px`` image pixels are then
     dropped.
     """
+    labels = _masks_at_scale(compute, dP, cellprob, params, mask_scale, niter, device)
+    if labels.shape != cellprob.shape:
+        labels = _smooth_enlarge(labels, cellprob, params.cellprob_threshold, mask_scale)
+    if params.min_size_px > 0 and labels.any():
+        sizes = np.bincount(labels.ravel())
+        small_ids = sizes < params.min_size_px
+        small_ids[0] = False
+        labels = np.where(small_ids[labels], 0, labels)
+    return labels
+
+
+def _masks_at_scale(
+    compute: Callable[..., np.ndarray],
+    dP: np.ndarray,
+    cellprob: np.ndarray,
+    params: SegmentationParams,
+    mask_scale: float,
+    niter: int,
+    device: torch.device,
+) -> np.ndarray:
+    """Labels from network outputs shrunk by ``mask_scale`` (the network's scale when it is
+    coarser than the image), not enlarged back."""
     height, width = cellprob.shape
-    full_cellprob = cellprob
     small = (max(1, round(height * mask_scale)), max(1, round(width * mask_scale)))
     if small != (height, width):
         dP = np.stack([resize_image(channel, small) for channel in dP.astype(np.float32)])
         cellprob = resize_image(cellprob.astype(np.float32), small)
-    labels = compute(
+    return compute(
         dP,
         cellprob,
         flow_threshold=params.flow_threshold,
@@ -155,14 +176,6 @@ def _masks(
         niter=niter,
         device=device,
     )
-    if small != (height, width):
-        labels = _smooth_enlarge(labels, full_cellprob, params.cellprob_threshold, mask_scale)
-    if params.min_size_px > 0 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small_ids = sizes < params.min_size_px
-        small_ids[0] = False
-        labels = np.where(small_ids[labels], 0, labels)
-    return labels
 
 
 def _smooth_enlarge(

@@ -119,13 +119,13 @@ def segment_steps(
     done = total - len(tiles)
     for index, core in enumerate(tiles):
         region = _expand(core, halo, (height, width))
+        where = f"tile {index + 1} of {len(tiles)}"
         if reused is not None:  # the whole image, from the diameter trial
-            tile_dP, tile_prob, tile_labels = reused
+            tile_dP, tile_prob = reused
         else:
             network = backend.network_output_steps(
                 channels[region], network_diameter, params.batch_size
             )
-            where = f"tile {index + 1} of {len(tiles)}"
             while True:
                 try:
                     batches_done, batches = next(network)
@@ -133,18 +133,18 @@ def segment_steps(
                     tile_dP, tile_prob = stop.value
                     break
                 yield Progress("segment", done, total, f"{where}: network {batches_done}/{batches}")
-            masks = Progress("segment", done, total, f"{where}: masks")
-            tile_labels = yield from _in_background(
-                masks,
-                _masks,
-                compute,
-                tile_dP,
-                tile_prob,
-                params,
-                mask_scale,
-                niter,
-                backend.device,
-            )
+        masks = Progress("segment", done, total, f"{where}: masks")
+        tile_labels = yield from _in_background(
+            masks,
+            _masks,
+            compute,
+            tile_dP,
+            tile_prob,
+            params,
+            mask_scale,
+            niter,
+            backend.device,
+        )
         inner = _inner(core, region)
         dP[(slice(None), *core)] = tile_dP[(slice(None), *inner)]
         cellprob[core] = tile_prob[inner]
