@@ -56,6 +56,24 @@ def test_crop_keeps_physical_size_when_resampling():
     assert abs(cols.mean() - 23.5) < 0.25
 
 
+def test_zoom_out_shows_a_cell_shrunk_about_the_same_centre():
+    """zoom_out=2 covers twice the window in the same crop: the 10 µm disc spans ~10 crop px."""
+    yy, xx = np.mgrid[:200, :200]
+    disc = (yy - 100) ** 2 + (xx - 100) ** 2 <= 20**2
+    image = np.full((200, 200, 3), 230, np.uint8)
+    image[disc] = (60, 20, 120)
+    cutter = CropCutter(image, pixel_size_um=0.25, window_um=24, out_pixel_size_um=0.5)
+    crops = cutter.cut(np.array([[100, 100], [100, 100]]), zoom_out=np.array([1.0, 2.0]))
+    widths = [(crop[0] < 145 / 255).any(axis=0).sum().item() for crop in crops]
+    assert 19 <= widths[0] <= 22
+    assert 9 <= widths[1] <= 11
+    rows, cols = np.nonzero((crops[1, 0] < 145 / 255).numpy())
+    assert abs(rows.mean() - 23.5) < 0.5
+    assert abs(cols.mean() - 23.5) < 0.5
+    with pytest.raises(CropError, match="zoom_out"):
+        cutter.cut(np.array([[100, 100]]), zoom_out=np.array([0.5]))
+
+
 def test_downsampled_crops_are_anti_aliased():
     # A one-pixel checkerboard at 0.1 µm/px averages to grey at 0.5 µm/px instead of aliasing.
     yy, xx = np.mgrid[:400, :400]

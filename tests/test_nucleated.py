@@ -83,6 +83,36 @@ def test_red_cells_of_a_darker_mauve_stain_stay_not_nucleated(marrow_field):
     assert heuristic[~truth].mean() > 0.2  # what the heuristic did on this stain
 
 
+def test_white_cells_wider_than_the_window_are_shown_shrunk_and_stay_nucleated():
+    """Fields read as 1.5x their pixel size: monocytes and blasts become 20-27 µm, wider than
+    the model's 24 µm window allows (as CellaVision's promyelocytes and promonocytes are).
+    Shown shrunk to fit they stay white cells (cut by the window, 80% did); red cells stay."""
+    from blastscope.cells import measure_cells
+    from blastscope.pipeline import nucleated_classifier
+    from blastscope.predict import classify_nucleated_steps
+
+    classifier = nucleated_classifier(SHIPPED_NUCLEATED_MODEL)
+    big_white, red = [], []
+    for seed in (7000, 7001, 7002):
+        field = generate_field(seed, "default", shape=(768, 768))
+        pixel_size = field.pixel_size_um * 1.5
+        cells = measure_cells(field.image, field.labels, pixel_size)
+        calls = run_steps(
+            classify_nucleated_steps(
+                field.image, field.labels, cells, pixel_size, classifier, device="cpu"
+            )
+        )
+        types = field.cells.set_index("label").loc[calls["label"], "cell_type"].to_numpy()
+        diameter = 2 * np.sqrt(calls["area_um2"].to_numpy() / np.pi)
+        nucleated = calls["is_nucleated"].to_numpy()
+        big_white.append(nucleated[np.isin(types, NUCLEATED_TYPES) & (diameter > 18)])
+        red.append(nucleated[types == "erythrocyte"])
+    big_white, red = np.concatenate(big_white), np.concatenate(red)
+    assert len(big_white) >= 50
+    assert big_white.mean() >= 0.95
+    assert red.mean() <= 0.01
+
+
 def test_shipped_model_finds_the_white_cells_of_real_bccd_fields():
     """BCCD validation fields (tests/data/bccd, never trained on): precision and recall >= 0.95."""
     params = SegmentationParams(device="cpu")

@@ -194,12 +194,16 @@ class CropCutter:
         return colour
 
     def cut(
-        self, centres_yx: np.ndarray | torch.Tensor, cell_labels: np.ndarray | None = None
+        self,
+        centres_yx: np.ndarray | torch.Tensor,
+        cell_labels: np.ndarray | None = None,
+        zoom_out: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Crops (N, 3, crop_px, crop_px) float32 in [0, 1] on the device, for centres (N, 2).
 
         ``centres_yx`` are (row, column) in pixels of the image; ``cell_labels`` (N,) the cells'
-        label ids (needed when masking to the cell).
+        label ids (needed when masking to the cell); ``zoom_out`` (N,) >= 1: each crop covers
+        that many times the window, shrunk to the same crop size (None: 1 for all).
         """
         centres = torch.tensor(_as_centres(centres_yx), device=self.device)
         n, h = centres.shape[0], self.crop_px
@@ -210,8 +214,14 @@ class CropCutter:
                 "mask_to_cell=True needs cell_labels, one label id per centre; pass the cells "
                 "table's label column."
             )
-        rows = centres[:, 0:1] + self._offsets  # (N, h)
-        cols = centres[:, 1:2] + self._offsets  # (N, w)
+        offsets = self._offsets[None, :]
+        if zoom_out is not None:
+            zoom = torch.as_tensor(np.asarray(zoom_out, np.float32), device=self.device)
+            if zoom.shape != (n,) or bool((zoom < 1).any()):
+                raise CropError("zoom_out must hold one factor >= 1 per centre.")
+            offsets = offsets * zoom[:, None]
+        rows = centres[:, 0:1] + offsets  # (N, h)
+        cols = centres[:, 1:2] + offsets  # (N, w)
         # In the (pooled) sampled image, pixel m is centred on image pixel m * pool + (pool-1)/2.
         # grid_sample with align_corners=False: normalised -1 is the outer edge of pixel 0, +1
         # the outer edge of the last pixel, i.e. normalised = (2 * image coordinate + 1) / side - 1

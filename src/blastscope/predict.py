@@ -99,8 +99,12 @@ def _probabilities_steps(
     batch_size: int,
     stage: str,
     statistics: FieldStatistics | None = None,
+    fit_fraction: float | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
-    """Class probabilities (N, K) float64 for the rows of ``cells``, one Progress per batch."""
+    """Class probabilities (N, K) float64 for the rows of ``cells``, one Progress per batch.
+
+    ``fit_fraction``: a cell wider (equivalent diameter of ``area_um2``) than that share of the
+    window is shown shrunk until it is that share (None: every crop at the model's scale)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise PredictionError(f"batch_size must be a positive integer, got {batch_size!r}.")
     torch_device = resolve_device(device)
@@ -129,11 +133,16 @@ def _probabilities_steps(
     )
     centres = cells[["centroid_y", "centroid_x"]].to_numpy(dtype=np.float32)
     cell_labels = cells["label"].to_numpy()
+    zoom_out = None
+    if fit_fraction is not None:
+        diameters = 2 * np.sqrt(cells["area_um2"].to_numpy(np.float64) / np.pi)
+        zoom_out = np.maximum(1.0, diameters / (fit_fraction * classifier.input.window_um))
     n_batches = math.ceil(n_cells / batch_size)
     outputs = []
     for batch in range(n_batches):
         rows = slice(batch * batch_size, (batch + 1) * batch_size)
-        crops = cutter.cut(centres[rows], cell_labels[rows])
+        zoom = None if zoom_out is None else zoom_out[rows]
+        crops = cutter.cut(centres[rows], cell_labels[rows], zoom)
         outputs.append(model.probabilities(crops))
         yield Progress(stage, batch + 1, n_batches)
     return torch.cat(outputs).cpu().numpy().astype(np.float64)
@@ -200,6 +209,10 @@ def classify_blasts_steps(
     return apply_blast_threshold(table, threshold)
 
 
+NUCLEATED_FIT_FRACTION = 0.75
+"""Share of the nucleated model's window (24 µm) that a larger object is shrunk to: 18 µm."""
+
+
 def classify_nucleated_steps(
     image: np.ndarray,
     labels: np.ndarray,
@@ -214,15 +227,28 @@ def classify_nucleated_steps(
     """Sort every segmented object into red cell, platelet or white cell with a ``nucleated``
     classifier; yields Progress("nucleated", batch, n_batches).
 
-    Returns a copy of the table with ``p_nucleated`` (the white-cell probability),
-    ``object_class`` (the top class) and ``is_nucleated`` (``p_nucleated`` at or above the
-    bundle's threshold), replacing the stain heuristic's call of
+    Objects wider than :data:`NUCLEATED_FIT_FRACTION` of the window are shown shrunk to fit
+    (the model was trained on objects that fit; large immature cells with pale cytoplasm, cut
+    by the window, were called red cells). Returns a copy of the table with ``p_nucleated``
+    (the white-cell probability), ``object_class`` (the top class) and ``is_nucleated``
+    (``p_nucleated`` at or above the bundle's threshold), replacing the stain heuristic's call of
     :func:`blastscope.cells.measure_cells`.
     """
     _check_classifier(classifier, "nucleated")
-    _check_cells(cells, ("label", "centroid_y", "centroid_x"), "measure the cells first.")
+    _check_cells(
+        cells, ("label", "centroid_y", "centroid_x", "area_um2"), "measure the cells first."
+    )
     probabilities = yield from _probabilities_steps(
-        image, labels, cells, pixel_size_um, classifier, device, batch_size, "nucleated", statistics
+        image,
+        labels,
+        cells,
+        pixel_size_um,
+        classifier,
+        device,
+        batch_size,
+        "nucleated",
+        statistics,
+        fit_fraction=NUCLEATED_FIT_FRACTION,
     )
     table = cells.copy()
     white = classifier.classes.index("white cell")
