@@ -62,6 +62,9 @@ def cellpose3_masks(
             device=device,
         ).astype(np.int32)
         if flow_threshold > 0 and labels.any():
+            # flow_error averages over ids 1..max: a gap in the ids (a mask dropped by size)
+            # would divide by zero.
+            labels = relabel_sequential(labels)[0]
             errors, _ = metrics.flow_error(labels, dP, device=device)
             bad = np.zeros(labels.max() + 1, dtype=bool)
             bad[1:] = errors > flow_threshold
