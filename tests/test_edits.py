@@ -94,3 +94,28 @@ def test_no_edit_returns_the_result_and_mutation_columns_need_the_model(analysed
         run_steps(reclassify_stage(image, result, labels, blast))
     with pytest.raises(EditError, match="Labels must be integers"):
         run_steps(reclassify_stage(image, result, labels.astype(float), blast))
+
+
+def test_cells_sorted_by_the_nucleated_model_re_classify_with_the_blast_model_alone():
+    """p_nucleated (the nucleated model's) is not a mutation column: an edit needs no mutation
+    model (before or after classifying), and the nucleated probability stays in the table."""
+    from blastscope.pipeline import segment_stage
+    from blastscope.segment import SegmentationParams
+
+    field = generate_field(5, shape=(320, 320), blast_fraction=0.6)
+    params = SegmentationParams(device="cpu")
+    result = run_steps(segment_stage(field.image, field.pixel_size_um, params))
+    assert "p_nucleated" in result.cells
+    trimmed = result.labels.copy()
+    trimmed[trimmed == 1] = 0
+    edited = run_steps(reclassify_stage(field.image, result, trimmed))  # before classifying
+    assert 1 not in edited.cells["label"].to_numpy()
+    blast = load_classifier("blast-demo", "blast")
+    result = run_steps(classify_stage(field.image, result, blast))
+    assert "p_nucleated" in result.cells
+    labels = result.labels.copy()
+    removed = int(labels.max())
+    labels[labels == removed] = 0
+    updated = run_steps(reclassify_stage(field.image, result, labels, blast))
+    assert updated.cells["p_nucleated"].notna().all()
+    assert removed not in updated.cells["label"].to_numpy()

@@ -29,6 +29,7 @@ from blastscope.export import (
     write_run_json,
 )
 from blastscope.export._style import class_colour
+from blastscope.export.geojson_writer import geojson_collection
 from blastscope.export.report import GALLERY_CELL_PX, GALLERY_CELLS, review_cells, review_gallery
 from blastscope.export.tables import sidecar_path
 from blastscope.palette import GREY, p_blast_rgb
@@ -338,3 +339,37 @@ def test_a_users_own_class_never_takes_a_known_class_or_cell_class_colour():
     for name in ("other AML", "normal", "other", "AML", "APL-like", "FLT3-ITD", "x"):
         assert mutation_class_colour(name) not in taken, name
         assert class_colour(name) == mutation_class_colour(name)  # exports = viewer
+
+
+def test_the_classes_of_one_model_never_share_a_colour_in_the_viewer_or_the_exports():
+    """'AML', 'non-APL' and 'MDS' choose the same spare colour by name; in one model's class list
+    each gets its own, the same in the GeoJSON, the overlay and the viewer's list."""
+    from blastscope.palette import MUTATION_COLOURS, SPARE_COLOURS, mutation_class_colours
+
+    classes = ["AML", "non-APL", "MDS", "PML::RARA"]
+    colours = mutation_class_colours(classes)
+    assert len(set(colours)) == len(classes)
+    assert colours[3] == MUTATION_COLOURS["PML::RARA"]
+    assert set(colours[:3]) <= set(SPARE_COLOURS)
+    assert colours == mutation_class_colours(classes)  # the same list, the same colours
+    cells = pd.DataFrame(
+        {
+            "label": [1, 2, 3],
+            "is_nucleated": [True] * 3,
+            "is_blast": [True] * 3,
+            "mutation_call": ["AML", "non-APL", "MDS"],
+            "p_blast": [0.9] * 3,
+            "p_nucleated": [1.0] * 3,
+            **{f"p_{name}": [0.25] * 3 for name in classes},
+        }
+    )
+    labels = np.zeros((30, 30), np.int32)
+    labels[2:8, 2:8], labels[12:18, 12:18], labels[22:28, 22:28] = 1, 2, 3
+    collection = geojson_collection(labels, cells, pixel_size_um=0.5)
+    written = {
+        feature["properties"]["classification"]["name"]: tuple(
+            feature["properties"]["classification"]["color"]
+        )
+        for feature in collection["features"]
+    }
+    assert [written[name] for name in ("AML", "non-APL", "MDS")] == colours[:3]

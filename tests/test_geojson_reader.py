@@ -5,7 +5,6 @@ files built to exhaust memory or time, empty collections. Each gives labels or o
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -241,15 +240,31 @@ def _overlapping_polygons(count: int, side: int, seed: int = 3) -> list[dict]:
     return features
 
 
-def test_three_hundred_overlapping_large_polygons_read_in_well_under_a_few_seconds(tmp_path):
+def test_three_hundred_overlapping_large_polygons_cost_only_their_own_windows(tmp_path):
+    """Each polygon's fill visits its own bounding window clipped to the image, and each side
+    only the rows it crosses there (the work is planned, and bounded, before any pixel is
+    touched), and the file reads back with every object. (An unbounded fill took 3.6 s of
+    CPU here, the bounded one 1.1 s.)"""
+    from blastscope.export.rasterise import plan_fills
+
     features = _overlapping_polygons(300, 2048)
+    objects = [
+        [[np.asarray(ring, dtype=np.float64) for ring in feature["geometry"]["coordinates"]]]
+        for feature in features
+    ]
+    plans = plan_fills(objects, (2048, 2048))
+    assert sum(plan.bounds[0] < 0 or plan.bounds[2] > 2048 for plan in plans) > 100  # spill over
+    for plan in plans:
+        low_x, low_y, high_x, high_y = plan.bounds
+        assert plan.pixels <= (high_x - low_x + 2) * (high_y - low_y + 2)
+        assert all(0 <= axis.start < axis.stop <= 2048 for axis in plan.window)  # clipped
+        rows = plan.window[0].stop - plan.window[0].start
+        assert plan.crossings <= rows * len(plan.starts)
+        assert (plan.counts <= rows).all()
     path = _write(tmp_path / "overlap.geojson", features, _our_info(tmp_path, (2048, 2048)))
-    start = time.process_time()  # CPU time: other processes on the machine do not count
     labels, _, _ = read_geojson(path)
-    seconds = time.process_time() - start
     assert labels.shape == (2048, 2048)
     assert labels.max() == 300
-    assert seconds < 2.0, f"{seconds:.1f} s"  # 1.1 s here; 3.6 s before the fill was bounded
 
 
 def test_the_rasteriser_paints_later_features_over_earlier_ones(tmp_path):

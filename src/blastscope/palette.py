@@ -4,7 +4,8 @@ every colour from here.
 Categorical colours are Okabe-Ito's (told apart with every common colour-vision deficiency);
 blast probabilities are drawn with viridis (perceptually uniform, readable in grey). Mutation
 classes keep one colour by name wherever they appear; classes blastscope does not know take one
-of the spare colours (Paul Tol's muted set), chosen by their name.
+of the spare colours (Paul Tol's muted set), chosen by their name among those the model's other
+classes have not taken (so the classes of one model never share a colour).
 """
 
 from __future__ import annotations
@@ -44,25 +45,40 @@ SPARE_COLOURS: tuple[RGB, ...] = (
     (136, 204, 238),  # cyan
 )
 """For classes of the user's own models (e.g. ``other AML``): Paul Tol's muted colours (also
-safe with colour-vision deficiencies), none of them a known class's or a cell class's colour;
-two classes of the user's own may still share one (chosen by name)."""
+safe with colour-vision deficiencies), none of them a known class's or a cell class's colour."""
 
 P_BLAST_COLORMAP = "viridis"
 """Matplotlib / napari name of the colormap of p_blast over 0..1."""
 
 
-def mutation_class_colour(name: str) -> RGB:
-    """The colour (0-255) of mutation class ``name``: a known class's own, else one of the
-    spare colours chosen by the name (the same everywhere it is drawn)."""
-    if name in MUTATION_COLOURS:
-        return MUTATION_COLOURS[name]
-    digest = hashlib.sha256(name.encode()).digest()
-    return SPARE_COLOURS[digest[0] % len(SPARE_COLOURS)]
+def mutation_class_colour(name: str, classes: Sequence[str] = ()) -> RGB:
+    """The colour (0-255) of mutation class ``name`` of a model whose classes are ``classes``
+    (:func:`mutation_class_colours`); without them, a known class's own or the spare colour
+    its name chooses."""
+    if name in classes:
+        return mutation_class_colours(classes)[list(classes).index(name)]
+    return mutation_class_colours([name])[0]
 
 
 def mutation_class_colours(classes: Sequence[str]) -> list[RGB]:
-    """:func:`mutation_class_colour` of each of ``classes``."""
-    return [mutation_class_colour(name) for name in classes]
+    """The colours of a model's mutation classes: a known class's own; each other class the
+    spare colour its name chooses, or the next one its earlier classes have not taken (the
+    same list gives the same colours everywhere it is drawn; up to 7 classes of the user's
+    own never share one)."""
+    taken = {MUTATION_COLOURS[name] for name in classes if name in MUTATION_COLOURS}
+    colours = []
+    for name in classes:
+        if name in MUTATION_COLOURS:
+            colours.append(MUTATION_COLOURS[name])
+            continue
+        first = hashlib.sha256(name.encode()).digest()[0] % len(SPARE_COLOURS)
+        order = [
+            SPARE_COLOURS[(first + step) % len(SPARE_COLOURS)] for step in range(len(SPARE_COLOURS))
+        ]
+        colour = next((spare for spare in order if spare not in taken), order[0])
+        taken.add(colour)
+        colours.append(colour)
+    return colours
 
 
 def p_blast_rgb(values: np.ndarray, nan_colour: RGB = GREY) -> np.ndarray:

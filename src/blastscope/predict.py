@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from blastscope.calls import blast_calls, mutation_calls, override_codes, override_column
+from blastscope.classes import mutation_classes_of
 from blastscope.crops import CropCutter
 from blastscope.devices import resolve_device
 from blastscope.errors import BlastscopeError
@@ -46,11 +47,8 @@ def mutation_column(class_name: str) -> str:
 
 def mutation_columns(cells: pd.DataFrame) -> list[str]:
     """The columns the mutation model wrote into ``cells``: ``p_<class>`` and ``mutation_call``."""
-    return [
-        column
-        for column in cells.columns
-        if column == "mutation_call" or (column.startswith("p_") and column != "p_blast")
-    ]
+    scored = [mutation_column(name) for name in mutation_classes_of(cells.columns)]
+    return [column for column in cells.columns if column == "mutation_call" or column in scored]
 
 
 def _check_cells(cells: pd.DataFrame, needed: tuple[str, ...], hint: str) -> None:

@@ -8,6 +8,8 @@ class, so the names written for it replace ``::`` / ``:`` with ``-`` (``PML-RARA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -47,10 +49,11 @@ def qupath_class_name(name: str) -> str:
     return name.replace("::", "-").replace(":", "-")
 
 
-def class_colour(name: str) -> RGB:
+def class_colour(name: str, mutation_classes: Sequence[str] = ()) -> RGB:
     """The (r, g, b) 0-255 colour of a cell class (:mod:`blastscope.palette`); a class the
-    palette does not name is a mutation class of the user's model."""
-    return _COLOURS.get(name) or mutation_class_colour(name)
+    palette does not name is a mutation class of the user's model, whose classes are
+    ``mutation_classes`` (:func:`blastscope.classes.mutation_classes_of` of the cells table)."""
+    return _COLOURS.get(name) or mutation_class_colour(name, mutation_classes)
 
 
 def cell_classes(cells: pd.DataFrame) -> pd.Series:

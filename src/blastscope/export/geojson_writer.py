@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from blastscope.classes import mutation_classes_of
 from blastscope.export._atomic import AtomicFiles, ExportError
 from blastscope.export._columns import column_specs, plain_values
 from blastscope.export._style import (
@@ -29,6 +30,7 @@ from blastscope.export._style import (
 )
 from blastscope.export.outlines import labels_geometries
 from blastscope.jsonable import jsonable
+from blastscope.palette import RGB
 
 FORMAT_NAME = "blastscope-qupath-geojson"
 FORMAT_VERSION = 1
@@ -104,6 +106,8 @@ def geojson_collection(
     unmeasured = np.setdiff1d(present, table_labels)
     without_pixels = np.setdiff1d(table_labels, present)
     classes = cell_classes(table)
+    model_classes = mutation_classes_of(table.columns)
+    colours = {name: class_colour(name, model_classes) for name in {*classes, UNMEASURED}}
     keep = np.isin(table_labels, present)
     if not include_non_nucleated and "is_nucleated" in table:
         keep &= table["is_nucleated"].astype("boolean").fillna(True).to_numpy(dtype=bool)
@@ -132,6 +136,7 @@ def geojson_collection(
                 nuclei.get(label),
                 object_type,
                 classes.iloc[row],
+                colours[classes.iloc[row]],
                 measurements,
                 strings,
             )
@@ -150,6 +155,7 @@ def geojson_collection(
                 nuclei.get(label),
                 object_type,
                 UNMEASURED,
+                colours[UNMEASURED],
                 measurements,
                 {},
             )
@@ -185,6 +191,7 @@ def _feature(
     nucleus: dict[str, Any] | None,
     object_type: str,
     class_name: str,
+    colour: RGB,
     measurements: dict[str, float | int],
     strings: dict[str, str],
 ) -> dict[str, Any]:
@@ -195,7 +202,7 @@ def _feature(
         "objectType": object_type,
         "classification": {
             "name": qupath_class_name(class_name),
-            "color": list(class_colour(class_name)),
+            "color": list(colour),
         },
         "measurements": measurements,
         "metadata": {**strings, "blastscope_class": class_name},
@@ -229,7 +236,10 @@ def _slide_call_feature(
         "properties": {
             "objectType": "annotation",
             "name": f"Slide call: {name}" + (f" ({call['reason']})" if call.get("reason") else ""),
-            "classification": {"name": qupath_class_name(name), "color": list(class_colour(name))},
+            "classification": {
+                "name": qupath_class_name(name),
+                "color": list(class_colour(name, list(call.get("probabilities") or {}))),
+            },
             "measurements": measurements,
             "metadata": {"blastscope_kind": SLIDE_CALL_KIND, "blastscope_class": name},
         },

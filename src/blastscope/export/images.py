@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from skimage.segmentation import find_boundaries
 
+from blastscope.classes import mutation_classes_of
 from blastscope.export._atomic import AtomicFiles, ExportError
 from blastscope.export._style import cell_classes, class_colour, probability_colours
 from blastscope.io import ImageInputError, to_rgb_uint8
@@ -137,7 +138,9 @@ def _colour_table(labels: np.ndarray, cells: pd.DataFrame, colour_by: ColourBy) 
         lut[ids] = probability_colours(probability)
     else:
         names = cell_classes(table)
-        lut[ids] = np.array([class_colour(name) for name in names], dtype=np.float32).reshape(-1, 3)
+        model_classes = mutation_classes_of(cells.columns)
+        colours = [class_colour(name, model_classes) for name in names]
+        lut[ids] = np.array(colours, dtype=np.float32).reshape(-1, 3)
     return lut
 
 

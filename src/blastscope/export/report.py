@@ -196,7 +196,7 @@ def _call_figure(call: Mapping[str, Any]) -> bytes:
     errors = np.nan_to_num(np.vstack([values - low, high - values]).clip(0.0, None))
     figure = Figure(figsize=(6.0, 0.6 + 0.5 * len(names)))
     axes = figure.subplots()
-    colours = [np.array(class_colour(name)) / 255.0 for name in names]
+    colours = [np.array(class_colour(name, names)) / 255.0 for name in names]
     axes.barh(names, np.nan_to_num(values), xerr=errors, color=colours, capsize=4)
     axes.set_xlim(0.0, 1.0)
     axes.invert_yaxis()
