@@ -4,6 +4,7 @@ stopped midway is finished by a rerun that redoes only the tiles left."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from types import SimpleNamespace
 
@@ -225,6 +226,46 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert len(messages) == 4, messages
     assert all("tiled run" in message for message in messages), messages
     assert all("rerun `blastscope run SLIDE --tiled`" in message for message in messages)
+
+    # the threshold slider moves the veil and recounts from the table, with no inference
+    classify = docks["Classify blasts"]
+    assert classify.threshold.enabled
+    assert classify.threshold.value == pytest.approx(threshold["blast_threshold"])
+    classify.threshold.value = 0.9
+    assert veil.contrast_limits == pytest.approx([-0.1, 1.9])
+    table = cells.features
+    blasts = int((table["is_nucleated"] & (table["p_blast"] >= 0.9)).sum())
+    assert int(table["is_blast"].sum()) == blasts
+    assert f"{blasts} blasts" in classify._counts.value
+    assert "whole slide" in classify._counts.value
+    # the inspector shows a clicked cell and centres a table row's cell
+    _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
+    viewer.layers.selection.active = cells
+    row = int(np.flatnonzero(table["label"] == classified["label"])[0])
+    inspector._row_selected(row)
+    assert f"Cell {int(classified['label'])}" in inspector.info.text()
+    assert tuple(viewer.camera.center[-2:]) == pytest.approx(
+        (classified["centroid_y"] * size, classified["centroid_x"] * size)
+    )
+    centre = np.argwhere(np.asarray(cells.data[0]) == classified["label"]).mean(axis=0)
+    assert centre == pytest.approx(
+        [classified["centroid_y"], classified["centroid_x"] - 256], abs=1.0
+    )  # level-0 centroids, the layer placed over its region
+    other = table.dropna(subset=["p_blast"]).iloc[-1]
+    inside = np.argwhere(np.asarray(cells.data[0]) == other["label"])
+    pixel = inside[np.abs(inside - inside.mean(axis=0)).sum(axis=1).argmin()]  # its middle
+    click = SimpleNamespace(position=tuple(cells.data_to_world(pixel)), type="mouse_press")
+    for callback in cells.mouse_drag_callbacks:  # a click (press, release) on that cell
+        steps = callback(cells, click)
+        if steps is not None:
+            next(steps)
+            click.type = "mouse_release"
+            with contextlib.suppress(StopIteration):
+                next(steps)
+    assert f"Cell {int(other['label'])}" in inspector.info.text()
+    with notifications() as messages:
+        inspector._override(True)
+    assert "Segment that region" in messages[0]
 
 
 def test_slide_wide_ids_never_overflow():

@@ -1,5 +1,6 @@
 """What the result docks share: an image and a cells-layer choice, and following the chosen
-cells layer's :class:`~blastscope.widgets._session.CellsSession`."""
+cells layer's :class:`~blastscope.widgets._session.CellsSession` (and, for a whole slide's
+cells from a tiled run, its :class:`~blastscope.widgets._slide_view.TiledResultView`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from blastscope.widgets._layers import (
     result_region,
 )
 from blastscope.widgets._session import CellsSession, session_for
+from blastscope.widgets._slide_view import TiledResultView, tiled_result_view
 
 DEMO_TEXT = "⚠ Demonstration model, not for diagnosis (trained on synthetic smears)."
 
@@ -46,7 +48,8 @@ def conversion_notices(image: Image) -> list[str]:
 
 WHOLE_SLIDE_RESULT = (
     "{name} holds a whole slide's cells from a tiled run (blastscope run --tiled), stored on "
-    "disk and shown lazily. Classify, Predict mutation, Recompute masks, Edit and Export work on "
+    "disk and shown lazily: its threshold slider (Classify blasts) and the Cell inspector work "
+    "here. Classify, Predict mutation, overrides, Recompute masks, Edit and Export work on "
     "fields and slide regions: draw a rectangle on the slide (a Shapes layer) and Segment that "
     "region to review it here, or rerun `blastscope run SLIDE --tiled` with other settings (it "
     "redoes every tile); the tiled run's own exports are in its folder."
@@ -68,6 +71,7 @@ class SessionDock(Container):
         self._image = create_widget(annotation=Image, label="image") if with_image else None
         self._cells = create_widget(annotation=Labels, label="cells")
         self.session: CellsSession | None = None
+        self.slide_view: TiledResultView | None = None
         self.extend([widget for widget in (self._image, self._cells) if widget is not None])
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._reset_choices)
@@ -113,16 +117,30 @@ class SessionDock(Container):
 
     def _follow(self, *args) -> None:
         layer = self._cells.value
-        session = session_for(self._viewer, layer) if isinstance(layer, Labels) else None
-        if session is self.session:
+        view = tiled_result_view(self._viewer, layer)
+        whole_slide = view is not None
+        session = (
+            session_for(self._viewer, layer)
+            if isinstance(layer, Labels) and not whole_slide
+            else None
+        )
+        if session is self.session and view is self.slide_view:
             return
+        for followed in (self.session, self.slide_view):
+            if followed is not None:
+                followed.changed.disconnect(self.on_session_changed)
         if self.session is not None:
-            self.session.changed.disconnect(self.on_session_changed)
             self.session.selected.disconnect(self.on_selected)
-        self.session = session
+        if self.slide_view is not None:
+            self.slide_view.selected.disconnect(self.on_slide_cell_selected)
+        self.session, self.slide_view = session, view
+        for followed in (session, view):
+            if followed is not None:
+                followed.changed.connect(self.on_session_changed)
         if session is not None:
-            session.changed.connect(self.on_session_changed)
             session.selected.connect(self.on_selected)
+        if view is not None:
+            view.selected.connect(self.on_slide_cell_selected)
         self.on_session_changed()
 
     def on_session_changed(self) -> None:
@@ -130,6 +148,9 @@ class SessionDock(Container):
 
     def on_selected(self, label: int) -> None:
         """A cell was selected in the followed session (override to react)."""
+
+    def on_slide_cell_selected(self, row: int) -> None:
+        """A whole slide's cell (its row of ``features``) was clicked (override to react)."""
 
     def image_layer(self) -> Image | None:
         """The chosen image, else the image the cells layer was made from."""

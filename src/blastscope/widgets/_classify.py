@@ -21,6 +21,7 @@ from blastscope.pipeline import classify_stage, record_run
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
+from blastscope.slide_call import call_headline
 from blastscope.widgets._base import SessionDock, demo_label
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import ColourLegend
@@ -148,7 +149,9 @@ class ClassifyWidget(SessionDock):
         session.blast_classifier = classifier
 
     def _threshold_moved(self, value: float) -> None:
-        if self.session is not None and self.session.classified:
+        if self.slide_view is not None:
+            self.slide_view.set_threshold(value)
+        elif self.session is not None and self.session.classified:
             self.session.set_threshold(value)
 
     def _update_demo(self, *args) -> None:
@@ -160,6 +163,9 @@ class ClassifyWidget(SessionDock):
         self._demo.visible = chosen_demo or in_use
 
     def on_session_changed(self) -> None:
+        if self.slide_view is not None:
+            self._show_slide_view()
+            return
         session = self.session
         classified = session is not None and session.classified
         self.threshold.enabled = classified
@@ -173,3 +179,18 @@ class ClassifyWidget(SessionDock):
             bool(session) and session.colour_by == COLOUR_BY[1],
         )
         self._update_demo()
+
+    def _show_slide_view(self) -> None:
+        """A whole slide's cells: the threshold moves its veil and recounts from its table."""
+        view = self.slide_view
+        classified = view.classified
+        self.threshold.enabled = classified
+        if classified and abs(self.threshold.value - view.threshold) > 1e-9:
+            with self.threshold.changed.blocked():
+                self.threshold.value = view.threshold
+        text = counts_text(view.counts(), classified) + " (whole slide)"
+        if view.recorded_call is not None:
+            text += "\n" + call_headline(view.slide_call, exact=view.preview_call is None)
+        self._counts.value = text
+        self.legend.show_state(view.threshold if classified else None, view.classes, False)
+        self._demo.visible = False

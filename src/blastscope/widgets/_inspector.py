@@ -22,6 +22,11 @@ from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
 from blastscope.widgets._session import NEXT_KEY, OVERRIDE_KEYS, UNDO_KEY
 
 CROP_SIDE_PX = 192
+WHOLE_SLIDE_OVERRIDES = (
+    "{name} holds a whole slide's cells from a tiled run: overrides and the review queue work "
+    "on fields and slide regions. Draw a rectangle on the slide (a Shapes layer) and Segment "
+    "that region to review its cells here."
+)
 KEY_OF = {value: key for key, value in OVERRIDE_KEYS.items()}
 
 
@@ -83,6 +88,9 @@ class InspectorWidget(SessionDock):
         self._follow()
 
     def _override(self, value: bool | None) -> None:
+        if self.slide_view is not None:
+            show_error(WHOLE_SLIDE_OVERRIDES.format(name=self.slide_view.layer.name))
+            return
         session = self.session
         if session is None or session.selected_label <= 0:
             show_error("Select a cell first: click it in pan/zoom mode or pick a table row.")
@@ -97,6 +105,9 @@ class InspectorWidget(SessionDock):
             self.session.undo_override()
 
     def _next_uncertain(self) -> None:
+        if self.slide_view is not None:
+            show_error(WHOLE_SLIDE_OVERRIDES.format(name=self.slide_view.layer.name))
+            return
         session = self.session
         if session is None or not session.classified:
             show_error("Classify blasts first: the queue orders cells by their blast probability.")
@@ -108,6 +119,11 @@ class InspectorWidget(SessionDock):
         session.go_to(label)
 
     def _row_selected(self, row: int) -> None:
+        view = self.slide_view
+        if view is not None:
+            view.select(int(view.layer.features["label"].iloc[row]))
+            self._viewer.camera.center = view.world_position(row)
+            return
         session = self.session
         if session is not None:
             session.go_to(int(session.layer.features["index"].iloc[row]))
@@ -118,7 +134,25 @@ class InspectorWidget(SessionDock):
         self.table.select_frame_row(row)
         self._show_cell(row)
 
+    def on_slide_cell_selected(self, row: int) -> None:
+        view = self.slide_view
+        self.table.select_frame_row(row)
+        self.info.setText(
+            describe_cell(view.layer.features.iloc[row], view.classes)
+            + "\n(whole slide: no crop; segment a region to see it as the model does)"
+        )
+        self.crop.clear()
+
     def on_session_changed(self) -> None:
+        view = self.slide_view
+        if view is not None:
+            if self.table.model_.frame is not view.layer.features:
+                self.table.set_frame(view.layer.features)
+            else:
+                self.table.model_.refresh_values()
+            if view.selected_row is not None:
+                self.on_slide_cell_selected(view.selected_row)
+            return
         session = self.session
         if session is None:
             self.table.set_frame(self.table.model_.frame.iloc[0:0])

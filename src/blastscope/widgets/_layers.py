@@ -3,6 +3,8 @@ updated in place (stable name), carrying the cells table in ``features``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import napari
 import numpy as np
 import pandas as pd
@@ -34,6 +36,30 @@ def viewer_scale_bar(viewer: napari.viewer.Viewer):
     """The canvas scale bar (``viewer.canvas.overlays["scale_bar"]`` since napari 0.9)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.overlays["scale_bar"] if canvas is not None else viewer.scale_bar
+
+
+def click_selects(select: Callable[[int], None]):
+    """A mouse-drag callback for a cells layer: a click (no drag) in pan/zoom mode calls
+    ``select(label)`` with the cell under the cursor (any level of a multiscale layer)."""
+
+    def on_click(layer: Labels, event):
+        if layer.mode != "pan_zoom":
+            return
+        start = np.asarray(event.position)
+        yield
+        moved = False
+        while event.type == "mouse_move":
+            moved = moved or np.abs(np.asarray(event.position) - start).max() > 0
+            yield
+        if moved:
+            return
+        value = layer.get_value(event.position, world=True)
+        if isinstance(value, tuple):  # a multiscale layer answers (level, value)
+            value = value[-1]
+        if value is not None and int(value) > 0:
+            select(int(value))
+
+    return on_click
 
 
 def cells_layer_name(image_layer: Image) -> str:

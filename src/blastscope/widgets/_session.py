@@ -44,6 +44,7 @@ from blastscope.widgets._colours import (
 from blastscope.widgets._layers import (
     RESULT_KEY,
     SOURCE_KEY,
+    click_selects,
     put_features,
     show_cells,
     viewer_camera,
@@ -135,7 +136,7 @@ class CellsSession:
         self._timer.setSingleShot(True)
         self._timer.setInterval(EXACT_DELAY_MS)
         self._timer.timeout.connect(self._start_exact)
-        layer.mouse_drag_callbacks.append(self._on_click)
+        layer.mouse_drag_callbacks.append(click_selects(self.select))
         for key, value in OVERRIDE_KEYS.items():
             layer.bind_key(key, self._key_override(value), overwrite=True)
         layer.bind_key(UNDO_KEY, lambda _layer: self.undo_override(), overwrite=True)
@@ -387,21 +388,6 @@ class CellsSession:
                 units=self.layer.units,
             )
         layers.selection.active = self.layer
-
-    def _on_click(self, layer: Labels, event):
-        if layer.mode != "pan_zoom":
-            return
-        start = np.asarray(event.position)
-        yield
-        moved = False
-        while event.type == "mouse_move":
-            moved = moved or np.abs(np.asarray(event.position) - start).max() > 0
-            yield
-        if moved:
-            return
-        value = layer.get_value(event.position, world=True)
-        if value is not None and int(value) > 0:
-            self.select(int(value))
 
     def _key_override(self, value: bool | None):
         def mark(_layer: Labels) -> None:

@@ -28,6 +28,7 @@ from blastscope.widgets._colours import (
 )
 from blastscope.widgets._layers import layer_features
 from blastscope.widgets._session import CELL_OPACITY
+from blastscope.widgets._slide_view import SLIDE_RECORD_KEY, VEIL_SUFFIX
 
 
 def get_slide_reader(path: str | list[str]) -> Callable[[str | list[str]], list] | None:
@@ -109,7 +110,7 @@ def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
         "multiscale": True,
         **placement,
         "features": layer_features(table) if len(table) else None,
-        "metadata": {"pixel_size_um": size, "slide_record": record},
+        "metadata": {"pixel_size_um": size, SLIDE_RECORD_KEY: record},
     }
     layers = [(levels, options, "labels")]
     if "p_blast" in table and table["p_blast"].notna().any():
@@ -150,7 +151,7 @@ def _lazy_overlays(levels, table: pd.DataFrame, record: dict, name: str, placeme
     dimmed = {
         **style,
         **placement,
-        "name": f"{base} below threshold",
+        "name": f"{base}{VEIL_SUFFIX}",
         "colormap": veil_colormap(),
         "contrast_limits": veil_limits(threshold or 0.0),
         "metadata": {"blastscope_overlay": True},
