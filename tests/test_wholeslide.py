@@ -311,7 +311,7 @@ def test_a_local_cluster_of_two_workers_writes_what_one_process_writes(slide, ti
     assert set(cohort["slide_id"]) == {"slide"}
 
 
-def test_a_batch_runs_a_whole_slide_on_the_cluster_and_its_fields_here(slide, tiled, tmp_path):
+def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled, tmp_path):
     from blastscope.cli import main
 
     path, _ = slide
@@ -328,12 +328,40 @@ def test_a_batch_runs_a_whole_slide_on_the_cluster_and_its_fields_here(slide, ti
     assert summary.loc["slide.ome", "cells"] == tiled.counts["cells"]
     assert summary.loc["slide.ome", "blasts"] == tiled.counts["blasts"]
     assert "whole slide: 9 tiles analysed" in summary.loc["slide.ome", "notes"]
+    assert "analysed on dask worker tcp://" in summary.loc["field", "notes"]  # a task too
     np.testing.assert_array_equal(
         tiled_labels(tiled), tiled_labels(SimpleNamespace(folder=out / "slide.tiled"))
     )
     assert main(argv) == 0  # a rerun finds every tile done
     summary = pd.read_csv(out / "summary.csv").set_index("slide_id")
     assert "0 tiles analysed, 9 from an earlier run" in summary.loc["slide.ome", "notes"]
+
+
+def test_a_batch_of_fields_on_two_workers_writes_what_one_process_writes(tmp_path):
+    """Slides of fields are tasks when workers are asked for: each slide analysed and exported
+    by a worker, the same tables, labels and calls as in this process."""
+    from blastscope.cli import main
+
+    source = tmp_path / "fields"
+    for seed, slide_id in ((2, "patient-a"), (3, "patient-b")):
+        (source / slide_id).mkdir(parents=True)
+        field = generate_field(seed, "default", shape=(384, 384))
+        iio.imwrite(source / slide_id / "field.png", field.image)
+    argv = ["batch", str(source), "--pixel-size", "0.1", "--min-blasts", "1"]
+    assert main([*argv, "--out", str(tmp_path / "here"), "--workers", "0"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "cluster"), "--workers", "2"]) == 0
+    here = pd.read_csv(tmp_path / "here" / "summary.csv").set_index("slide_id")
+    there = pd.read_csv(tmp_path / "cluster" / "summary.csv").set_index("slide_id")
+    assert there["notes"].str.contains("analysed on dask worker").all()
+    assert not here["notes"].fillna("").str.contains("worker").any()
+    compared = ["status", "cells", "nucleated", "blasts", "call", "blast_percentage"]
+    pd.testing.assert_frame_equal(here[compared], there[compared])
+    for slide_id in ("patient-a", "patient-b"):
+        folders = [tmp_path / where / slide_id for where in ("here", "cluster")]
+        tables = [read_cells_table(folder / "field_cells.csv")[0] for folder in folders]
+        pd.testing.assert_frame_equal(*tables)
+        labels = [iio.imread(folder / "field_labels.ome.tif") for folder in folders]
+        np.testing.assert_array_equal(*labels)
 
 
 def test_cluster_options_are_checked_and_an_unreachable_scheduler_is_named(

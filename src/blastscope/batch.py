@@ -22,6 +22,7 @@ import glob
 import hashlib
 import json
 import math
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,13 @@ from typing import Any
 
 import pandas as pd
 
-from blastscope.distributed import Cluster
+from blastscope.distributed import (
+    Cluster,
+    check_workers_see,
+    portable_config,
+    use_threads,
+    worker_config,
+)
 from blastscope.errors import BlastscopeError
 from blastscope.export import (
     ALL_FORMATS,
@@ -51,7 +58,7 @@ from blastscope.export.tables import sidecar_path
 from blastscope.io import ImageInputError, file_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
-from blastscope.progress import Progress, Steps
+from blastscope.progress import Progress, Steps, run_steps
 from blastscope.slide import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES, Region, SlideError, is_whole_slide
 from blastscope.slide_call import SlideCall
 from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps
@@ -681,7 +688,10 @@ def batch_steps(
     messages name ``force``. A whole-slide file (:func:`runs_tiled`) is analysed tile by tile
     (:func:`blastscope.wholeslide.whole_slide_steps`, resuming its tiles; on ``cluster``'s
     workers when given) into ``OUT/<slide>.tiled/`` (without ``labels.zarr`` when not
-    ``write_labels``).
+    ``write_labels``). With a ``cluster``, every slide of fields is one task on its workers
+    (:func:`analyse_slide_task`; they write its folder, so ``out_dir`` must be one they share,
+    which is checked first), run while the whole slides' tiles are; stopping the batch cancels
+    the slides not done.
     """
     check_formats(formats)
     out_dir = check_writable(out_dir)
@@ -693,32 +703,134 @@ def batch_steps(
         )
     remove_stale_temporaries(out_dir)
     config = loaded(config or PipelineConfig())
+    options = {"pixel_size_um": pixel_size_um, "formats": formats, "force": force, "flag": flag}
+    fields = [slide for slide in slides if not runs_tiled(slide, tiled)]
+    tasks = {}
+    if cluster is not None and fields:
+        tasks = _submit_slides(cluster, fields, out_dir, config, options)
     outcomes: list[SlideOutcome] = []
-    for index, slide in enumerate(slides):
-        yield Progress("slides", index, len(slides), slide.slide_id)
-        try:
-            if runs_tiled(slide, tiled):
-                outcome = yield from _whole_slide_outcome(
-                    slide, out_dir, config, pixel_size_um, tile_px, cluster, force, write_labels
-                )
+    try:
+        for index, slide in enumerate(slides):
+            yield Progress("slides", index, len(slides), slide.slide_id)
+            if slide in tasks:
+                outcome = yield from _task_outcome(tasks.pop(slide), index, len(slides))
             else:
-                outcome = yield from slide_steps(
-                    slide,
-                    out_dir,
-                    config,
-                    pixel_size_um=pixel_size_um,
-                    formats=formats,
-                    overwrite=force,
-                    resume=True,
-                    flag=flag,
+                outcome = yield from _slide_here(
+                    slide, out_dir, config, options, tiled, tile_px, cluster, write_labels
                 )
-        except SLIDE_ERRORS as error:
-            message = str(error) or traceback.format_exception_only(error)[-1].strip()
-            outcome = SlideOutcome(slide, "failed", error=message)
-        outcomes.append(outcome)
+            outcomes.append(outcome)
+    finally:
+        if tasks:  # stopped early: the slides not started are cancelled
+            cluster.client.cancel(list(tasks.values()))
     yield Progress("slides", len(slides), len(slides))
     write_summary(outcomes, summary)
     return outcomes
+
+
+def _slide_here(
+    slide: Slide,
+    out_dir: Path,
+    config: PipelineConfig,
+    options: dict[str, Any],
+    tiled: bool,
+    tile_px: int,
+    cluster: Cluster | None,
+    write_labels: bool,
+) -> Steps[SlideOutcome]:
+    """One slide of a batch, driven from this process (a whole slide's tiles on ``cluster``
+    when given); a failure that concerns the slide becomes a failed outcome."""
+    try:
+        if runs_tiled(slide, tiled):
+            return (
+                yield from _whole_slide_outcome(
+                    slide,
+                    out_dir,
+                    config,
+                    options["pixel_size_um"],
+                    tile_px,
+                    cluster,
+                    options["force"],
+                    write_labels,
+                )
+            )
+        return (yield from _field_slide_steps(slide, out_dir, config, options))
+    except SLIDE_ERRORS as error:
+        return _failed(slide, error)
+
+
+def _field_slide_steps(
+    slide: Slide, out_dir: Path, config: PipelineConfig, options: dict[str, Any]
+) -> Steps[SlideOutcome]:
+    return (
+        yield from slide_steps(
+            slide,
+            out_dir,
+            config,
+            pixel_size_um=options["pixel_size_um"],
+            formats=options["formats"],
+            overwrite=options["force"],
+            resume=True,
+            flag=options["flag"],
+        )
+    )
+
+
+def _failed(slide: Slide, error: BaseException) -> SlideOutcome:
+    message = str(error) or traceback.format_exception_only(error)[-1].strip()
+    return SlideOutcome(slide, "failed", error=message)
+
+
+def analyse_slide_task(
+    slide: Slide,
+    out_dir: Path,
+    config: PipelineConfig,
+    options: dict[str, Any],
+    threads: int | None,
+) -> SlideOutcome:
+    """A slide of fields as one task on a dask worker: analysed and exported into
+    ``out_dir/<slide>/`` by the worker (the output folder is shared), with the models this
+    worker has loaded already and ``threads`` torch threads (None: the worker's own count)."""
+    from dask.distributed import get_worker
+
+    use_threads(threads)
+    try:
+        outcome = run_steps(_field_slide_steps(slide, out_dir, worker_config(config), options))
+    except SLIDE_ERRORS as error:
+        return _failed(slide, error)
+    outcome.notes.append(f"analysed on dask worker {get_worker().address}")
+    return outcome
+
+
+def _submit_slides(
+    cluster: Cluster,
+    slides: list[Slide],
+    out_dir: Path,
+    config: PipelineConfig,
+    options: dict[str, Any],
+) -> dict[Slide, Any]:
+    """Each slide of fields as a task on the cluster (after checking that every worker sees
+    ``out_dir``); the futures by slide."""
+    check_workers_see(cluster, out_dir)
+    client = cluster.client
+    portable = client.scatter(portable_config(config), broadcast=True)
+    return {
+        slide: client.submit(
+            analyse_slide_task, slide, out_dir, portable, options, cluster.threads, pure=False
+        )
+        for slide in slides
+    }
+
+
+TASK_POLL_S = 0.2
+"""How often the batch looks at a slide task it waits for (and so how soon Ctrl-C stops it)."""
+
+
+def _task_outcome(future: Any, index: int, n_slides: int) -> Steps[SlideOutcome]:
+    """The outcome of a slide task, yielding a Progress while it runs."""
+    while not future.done():
+        time.sleep(TASK_POLL_S)
+        yield Progress("slides", index, n_slides, "on the cluster")
+    return future.result()  # a bug on the worker is raised here, with its own message
 
 
 def runs_tiled(slide: Slide, tiled: bool = False) -> bool:

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>.tiled/: labels.zarr, "
         "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last",
     )
-    _add_whole_slide_arguments(run, "with --tiled: ")
+    _add_whole_slide_arguments(run, "with --tiled: ", "with --tiled: ")
     run.set_defaults(handler=_cmd_run)
 
     batch = commands.add_parser(
@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="analyse every one-file slide tile by tile (whole-slide files always are)",
     )
-    _add_whole_slide_arguments(batch, "whole slides: ")
+    _add_whole_slide_arguments(
+        batch,
+        "whole slides: ",
+        "whole slides' tiles, and slides of fields when --workers N or a scheduler is given: ",
+    )
     batch.set_defaults(handler=_cmd_batch)
 
     for name, module, help_text in _MODULE_COMMANDS:
@@ -280,8 +284,10 @@ def _check_formats(text: str) -> str:
     return ",".join(names)
 
 
-def _add_whole_slide_arguments(parser: argparse.ArgumentParser, scope: str) -> None:
-    """--slide-tile and where tiles run: --workers, --threads, --scheduler."""
+def _add_whole_slide_arguments(
+    parser: argparse.ArgumentParser, scope: str, cluster_scope: str
+) -> None:
+    """--slide-tile and where tiles (and slides) run: --workers, --threads, --scheduler."""
     parser.add_argument(
         "--slide-tile",
         type=_whole_number(256),
@@ -298,21 +304,22 @@ def _add_whole_slide_arguments(parser: argparse.ArgumentParser, scope: str) -> N
         "--workers",
         type=_whole_number(0),
         metavar="N",
-        help=f"{scope}worker processes of a dask LocalCluster (default: one per --threads cores, "
+        help=f"{cluster_scope}worker processes of a dask LocalCluster (default: one per --threads "
+        "cores, "
         "as memory allows; 0: in this process, often as fast on a machine of 2-4 cores)",
     )
     parser.add_argument(
         "--threads",
         type=_whole_number(1),
         metavar="N",
-        help=f"{scope}torch threads per worker (default: 1; with --workers 0, torch's own)",
+        help=f"{cluster_scope}torch threads per worker (default: 1; with --workers 0, torch's own)",
     )
     parser.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help=f"{scope}run on the workers of a running dask scheduler, e.g. tcp://host:8786 "
-        "(default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster); workers read the slides at "
-        "the same paths",
+        help=f"{cluster_scope}run on the workers of a running dask scheduler, e.g. "
+        "tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster); workers read "
+        "the slides at the same paths (and write slides of fields into --out: share it)",
     )
 
 
@@ -554,13 +561,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     config = _pipeline_config(args)
     whole = [slide for slide in slides if runs_tiled(slide, args.tiled)]
     settings = _cluster_settings(args)
-    if not whole:  # fields only: analysed here, one after another
-        if not settings.in_process() and (args.workers or args.scheduler):
-            print(
-                "note: --workers and --scheduler spread whole slides' tiles; these slides are "
-                "fields, analysed in this process (add --tiled to tile them).",
-                file=sys.stderr,
-            )
+    if not whole and not (args.workers or settings.address()):
+        # fields only, no cluster asked for: analysed here, one after another
         settings = type(settings)(workers=0, threads=settings.threads)
     with cluster(settings) as workers:
         steps = batch_steps(

@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from blastscope.errors import BlastscopeError
@@ -168,3 +169,23 @@ def worker_config(config):
         blast_model=load(config.blast_model, "blast"),
         mutation_model=load(config.mutation_model, "mutation"),
     )
+
+
+def check_workers_see(cluster: Cluster, folder: Path) -> None:
+    """Raise :class:`ClusterError` unless every worker of ``cluster`` sees ``folder`` (where
+    tasks write their outputs): a probe file written here must exist for each of them."""
+    import uuid
+
+    probe = Path(folder) / f".blastscope-probe-{uuid.uuid4().hex}"
+    probe.write_text("", encoding="utf-8")
+    try:
+        seen = cluster.client.run(os.path.exists, str(probe))
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = sorted(address for address, exists in seen.items() if not exists)
+    if blind:
+        raise ClusterError(
+            f"The dask workers {', '.join(blind)} cannot see {folder}, where they write the "
+            "slides they analyse. Give --out a folder on a file system the workers share, or "
+            "run on this machine (--workers N without --scheduler)."
+        )
