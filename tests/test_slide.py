@@ -290,3 +290,24 @@ def test_slides_named_alike_keep_their_own_names():
     assert slide_stem("patient.7.svs") == "patient.7"  # not "patient": two such slides differ
     assert slide_stem("patient.8.svs") == "patient.8"
     assert slide_stem("marrow.MRXS") == "marrow"
+
+
+def test_a_16_bit_slide_is_scaled_alike_in_every_tile_and_its_thumbnail(tmp_path):
+    """12-bit values stored as uint16: a dark region is not brightened as a field of its own
+    would be (its max fits 10 bits), and the thumbnail is scaled, not wrapped around."""
+    rng = np.random.default_rng(0)
+    image = np.empty((512, 512, 3), np.uint16)
+    image[:, :256] = rng.integers(100, 900, (512, 256, 3))  # a dark half
+    image[:, 256:] = rng.integers(2000, 4000, (512, 256, 3))
+    path = tmp_path / "twelve.ome.tif"
+    write_ome_pyramid(path, image, 0.25)
+    expected = np.round(image.astype(np.float32) * (255 / 4095)).astype(np.uint8)
+    with open_slide(path) as slide:
+        dark = slide.read_region(Region(0, 0, 256, 256))
+        bright = slide.read_region(Region(256, 0, 256, 256))
+        thumbnail, downsample = slide.thumbnail(Region(0, 0, 512, 512), 128)
+        assert slide.value_bits() == 12
+    np.testing.assert_array_equal(dark, expected[:256, :256])
+    np.testing.assert_array_equal(bright, expected[:256, 256:])
+    step = int(downsample)
+    np.testing.assert_array_equal(thumbnail, expected[::step, ::step])

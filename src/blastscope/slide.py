@@ -71,6 +71,10 @@ class Region:
         return f"{self.x},{self.y},{self.width},{self.height}"
 
 
+BITS_SAMPLE_SIDE_PX = 2048
+"""Side (pixels) to which the coarsest level is thinned when finding a slide's bit depth."""
+
+
 @dataclass
 class SlideImage:
     """An open pyramidal image: ``levels`` are lazy dask arrays (Y, X, C), level 0 first;
@@ -83,6 +87,8 @@ class SlideImage:
     pixel_size_um: float | None
     notices: list[str] = field(default_factory=list)
     _file: Any = field(default=None, repr=False)
+    bits: int | None = None
+    """Bits the values use (None: found on first need, :meth:`value_bits`)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,8 +115,7 @@ class SlideImage:
         scale = self.downsamples[level]
         rows = slice(int(region.y / scale), max(int(region.y / scale) + 1, int(bottom / scale)))
         cols = slice(int(region.x / scale), max(int(region.x / scale) + 1, int(right / scale)))
-        rgb, _ = to_rgb_uint8(self.read_window(level, rows, cols))
-        return rgb
+        return self.to_uint8(self.read_window(level, rows, cols))
 
     def thumbnail(self, region: Region, max_side: int) -> tuple[np.ndarray, float]:
         """``region`` seen from the coarsest pyramid level that keeps its longer side at least
@@ -125,8 +130,28 @@ class SlideImage:
         step = max(1, int(wanted / factor))
         rows = slice(int(region.y / factor), int((region.y + region.height) / factor))
         cols = slice(int(region.x / factor), int((region.x + region.width) / factor))
-        pixels = self.read_window(level, rows, cols, step)[..., :3]
-        return np.ascontiguousarray(pixels).astype(np.uint8, copy=False), factor * step
+        return self.to_uint8(self.read_window(level, rows, cols, step)), factor * step
+
+    def to_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """Stored pixels as (Y, X, 3) uint8, with one scale for the whole slide: an integer
+        slide of more than 8 bits by the bit depth of its values (:meth:`value_bits`), so that
+        a dark tile is not brightened as a field of its own would be; anything else as
+        :func:`~blastscope.io.to_rgb_uint8` converts it."""
+        if pixels.dtype.kind == "u" and pixels.dtype.itemsize > 1:
+            scale = 255.0 / (2 ** self.value_bits() - 1)
+            pixels = np.round(pixels.astype(np.float32) * scale).clip(0, 255).astype(np.uint8)
+        return to_rgb_uint8(pixels)[0]
+
+    def value_bits(self) -> int:
+        """Bits the slide's values use (8, 10, 12, 14 or 16), from its coarsest level (thinned
+        to about :data:`BITS_SAMPLE_SIDE_PX` a side); found once."""
+        if self.bits is None:
+            level = len(self.levels) - 1
+            height, width = self.levels[level].shape[:2]
+            step = max(1, max(height, width) // BITS_SAMPLE_SIDE_PX)
+            high = int(self.read_window(level, slice(None), slice(None), step).max(initial=0))
+            self.bits = next((bits for bits in (8, 10, 12, 14) if high < 2**bits), 16)
+        return self.bits
 
     def read_window(self, level: int, rows: slice, cols: slice, step: int = 1) -> np.ndarray:
         """Pixels ``rows`` x ``cols`` of ``level`` (its own pixels), every ``step``-th, as they

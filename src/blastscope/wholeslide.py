@@ -196,7 +196,7 @@ def whole_slide_steps(
         todo = [index for index, kept in enumerate(occupied) if kept and index not in done]
         reused, before = len(done), len(cores) - len(todo)
         yield Progress("tiles", before, len(cores), f"{len(todo)} tiles to analyse")
-        job = TileJob(path, area, size, config, halo_px, survey.statistics)
+        job = TileJob(path, area, size, config, halo_px, survey.statistics, slide.bits)
         tiles = [(index, cores[index]) for index in todo]
         if cluster is None:
             results = _tiles_here(slide, job, tiles)
@@ -353,7 +353,8 @@ def survey_slide(slide, cores: list[Region]) -> SlideSurvey:
 @dataclass
 class TileJob:
     """What every tile of one run shares: the slide file, the area analysed, the pixel size,
-    the pipeline settings, the halo and the slide's statistics (sent once to each worker)."""
+        the pipeline settings, the halo, the slide's statistics and the bits of its values (sent once
+    to each worker)."""
 
     path: Path
     area: Region
@@ -361,6 +362,7 @@ class TileJob:
     config: PipelineConfig
     halo_px: int
     statistics: FieldStatistics | None
+    value_bits: int | None = None
 
 
 @dataclass
@@ -429,6 +431,7 @@ def analyse_tile(job: TileJob, index: int, core: Region, threads: int | None) ->
     use_threads(threads)
     job = replace(job, config=worker_config(job.config))
     with open_slide(job.path) as slide:
+        slide.bits = job.value_bits  # found once, by the driver
         return run_steps(analyse_tile_steps(slide, job, index, core))
 
 
