@@ -238,6 +238,7 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert int(table["is_blast"].sum()) == blasts
     assert f"{blasts} blasts" in classify._counts.value
     assert "whole slide" in classify._counts.value
+    assert not classify._demo.native.isHidden()  # blast-smear, mutation-demo: demonstration
     # the inspector shows a clicked cell and centres a table row's cell
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
     viewer.layers.selection.active = cells

@@ -797,7 +797,8 @@ def analyse_slide_task(
         outcome = run_steps(_field_slide_steps(slide, out_dir, worker_config(config), options))
     except SLIDE_ERRORS as error:
         return _failed(slide, error)
-    outcome.notes.append(f"analysed on dask worker {get_worker().address}")
+    if outcome.status == "done":
+        outcome.notes.append(f"analysed on dask worker {get_worker().address}")
     return outcome
 
 

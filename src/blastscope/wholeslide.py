@@ -353,8 +353,8 @@ def survey_slide(slide, cores: list[Region]) -> SlideSurvey:
 @dataclass
 class TileJob:
     """What every tile of one run shares: the slide file, the area analysed, the pixel size,
-        the pipeline settings, the halo, the slide's statistics and the bits of its values (sent once
-    to each worker)."""
+    the pipeline settings, the halo, the slide's statistics and the bits of its values (sent
+    once to each worker)."""
 
     path: Path
     area: Region

@@ -193,4 +193,4 @@ class ClassifyWidget(SessionDock):
             text += "\n" + call_headline(view.slide_call, exact=view.preview_call is None)
         self._counts.value = text
         self.legend.show_state(view.threshold if classified else None, view.classes, False)
-        self._demo.visible = False
+        self._demo.visible = view.demo

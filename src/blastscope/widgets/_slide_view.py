@@ -91,6 +91,21 @@ class TiledResultView:
         return self._p_blast is not None and self.threshold is not None
 
     @property
+    def demo(self) -> bool:
+        """Whether a demonstration bundle made the run's calls (its models, by name or folder,
+        as the run recorded them; one that cannot be found any more does not count)."""
+        from blastscope.models.bundle import BundleError, read_metadata
+
+        for entry in self.layer.metadata[SLIDE_RECORD_KEY].get("settings", {}).get("models", []):
+            name = entry[0] if isinstance(entry, (list, tuple)) and entry else entry
+            try:
+                if isinstance(name, str) and read_metadata(name).get("demo"):
+                    return True
+            except (BundleError, OSError, ValueError):
+                continue
+        return False
+
+    @property
     def slide_call(self) -> SlideCall | dict[str, Any] | None:
         """The call at the current threshold: the preview once the threshold moved, else the
         run's own (with its interval)."""
