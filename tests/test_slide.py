@@ -4,7 +4,9 @@ run end to end from the command line with its GeoJSON in level-0 coordinates."""
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -187,6 +189,17 @@ def test_napari_opens_a_slide_as_a_lazy_multiscale_image_in_um(
         segment.run()
     assert not segment.runner.running
     assert any("is a whole slide" in message and "--roi" in message for message in messages)
+
+    # the slide's file stays open while the layer reads tiles, and closes when it is removed
+    def handles() -> int:
+        folder = Path("/proc/self/fd")
+        return sum(os.path.realpath(folder / fd) == str(path) for fd in os.listdir(folder))
+
+    assert handles() == 1
+    viewer.layers.remove(layer)
+    del layer
+    gc.collect()
+    assert handles() == 0
 
 
 @pytest.mark.gui
