@@ -98,6 +98,22 @@ def _flag(cells: pd.DataFrame, column: str) -> np.ndarray:
     return cells[column].astype("boolean").fillna(False).to_numpy(dtype=bool)
 
 
+FIGURE_PX = 800
+"""Pixels the report's figures draw the thumbnail at (8 inches at 100 dpi)."""
+
+
+def _as_drawn(thumbnail: np.ndarray) -> np.ndarray:
+    """``thumbnail`` averaged down to about :data:`FIGURE_PX` along its longer side, which is
+    what the figure draws: matplotlib would otherwise resample the whole thumbnail in floats
+    (about a quarter of a GB for both figures)."""
+    step = max(1, int(max(thumbnail.shape[:2]) // FIGURE_PX))
+    if step == 1:
+        return thumbnail
+    height, width = (side // step * step for side in thumbnail.shape[:2])
+    blocks = thumbnail[:height, :width].reshape(height // step, step, width // step, step, -1)
+    return blocks.mean(axis=(1, 3), dtype=np.float32).round().astype(np.uint8)
+
+
 def _thumbnail_figure(
     thumbnail: np.ndarray, xs: np.ndarray, ys: np.ndarray, blasts: np.ndarray, cell_px: float
 ) -> bytes:
@@ -110,7 +126,7 @@ def _thumbnail_figure(
     figure = Figure(figsize=(8.0, 8.0 * height / max(width, 1) + 0.4))
     ring_points = max(3.0, 1.3 * cell_px * 8.0 * 72.0 / max(width, 1))
     axes = figure.subplots()
-    axes.imshow(thumbnail)
+    axes.imshow(_as_drawn(thumbnail), extent=(0, width, height, 0))
     if blasts.any():
         colour = np.array(class_colour(BLAST)) / 255.0
         for edge, line in (("white", 3.0), (colour, 1.6)):
@@ -159,7 +175,7 @@ def _blast_map_figure(
     colours = matplotlib.colormaps[P_BLAST_COLORMAP].with_extremes(bad=(0, 0, 0, 0))
     figure = Figure(figsize=(8.8, 8.0 * height / max(width, 1) + 0.4))
     axes = figure.subplots()
-    axes.imshow(thumbnail, alpha=0.35)
+    axes.imshow(_as_drawn(thumbnail), alpha=0.35, extent=(0, width, height, 0))
     image = axes.imshow(
         percent,
         cmap=colours,
