@@ -126,3 +126,11 @@ def test_wheel_requires_no_qt_binding_outside_the_extras(wheel):
     assert any(line.startswith("napari") for line in runtime)
     assert not [line for line in runtime if line.lower().startswith(("pyqt", "pyside"))]
     assert any(line.startswith("PyQt6") and "extra ==" in line for line in requires)
+
+
+def test_wheel_links_the_method_and_the_data_it_is_built_on(wheel):
+    (metadata_name,) = (name for name in wheel.namelist() if name.endswith(".dist-info/METADATA"))
+    metadata = Parser().parsestr(wheel.read(metadata_name).decode())
+    links = dict(line.split(", ", 1) for line in metadata.get_all("Project-URL"))
+    assert links["Method (Jain et al. 2024)"] == "https://arxiv.org/abs/2506.12798"
+    assert all(url.startswith("https://") for url in links.values())
