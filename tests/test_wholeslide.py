@@ -424,17 +424,29 @@ def scheduled_tiles(client, wait_s: float = 10.0) -> list[str]:
 
 
 def test_stopping_a_cluster_run_cancels_its_tasks_and_a_rerun_here_finishes_it(
-    slide, tiled, config, tmp_path
+    slide, tiled, config, tmp_path, monkeypatch
 ):
     from blastscope.distributed import ClusterSettings, cluster
 
     path, _ = slide
     with cluster(ClusterSettings(workers=2, threads=1)) as workers:
+        cancelled = []
+        cancel = workers.client.cancel
+
+        def cancel_and_record(futures, *args, **kwargs):
+            cancelled.append([future.status for future in futures])
+            return cancel(futures, *args, **kwargs)
+
+        # The real cancel, watched: dask would also drop tasks whose futures are collected, so
+        # "no task left" alone would not show that the run cancels what it had in flight.
+        monkeypatch.setattr(workers.client, "cancel", cancel_and_record)
         steps = whole_slide_steps(path, tmp_path, config, tile_px=TILE_PX, cluster=workers)
         for event in steps:  # Ctrl-C once the first tile is written
             if event.stage == "tiles" and "1 of 9 tiles analysed" in event.message:
                 steps.close()
                 break
+        assert len(cancelled) == 1  # the tiles in flight, cancelled at once
+        assert cancelled[0]
         assert not scheduled_tiles(workers.client)  # no tile task left running on the workers
     done = json.loads((tmp_path / "slide.tiled" / "tiles_done.json").read_text())["tiles"]
     assert len(done) == 1
