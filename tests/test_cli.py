@@ -49,6 +49,36 @@ def test_run_writes_every_export_and_prints_the_call(slides_folder, tmp_path, ca
     assert {"p_blast", "is_blast", "p_NPM1", "mutation_call"} <= set(cells.columns)
 
 
+def test_a_fields_notices_reach_the_terminal_and_the_json(slides_folder, tmp_path, capsys):
+    """A PNG records no pixel size: the estimate used is said on stderr and in --json's notes,
+    not only in run.json."""
+    arguments = ["run", str(slides_folder / "alpha.png"), "--out", str(tmp_path)]
+    assert main([*arguments, "--formats", "csv", "--json"]) == 0
+    printed = capsys.readouterr()
+    assert "note: alpha: No pixel size: µm measures use the" in printed.err
+    (row,) = json.loads(printed.out)["slides"]
+    assert "No pixel size" in row["notes"]
+
+
+def test_an_ome_tiff_field_is_named_without_its_format_suffix(tmp_path, capsys):
+    """scan.ome.tif writes OUT/scan/scan_*, as its tiled run writes OUT/scan.tiled/."""
+    import tifffile
+
+    field = generate_field(5, shape=FIELD_SHAPE)
+    size = field.pixel_size_um
+    path = tmp_path / "scan.ome.tif"
+    tifffile.imwrite(
+        path,
+        field.image,
+        photometric="rgb",
+        metadata={"axes": "YXS", "PhysicalSizeX": size, "PhysicalSizeY": size},
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--formats", "csv"]) == 0
+    assert (out / "scan" / "scan_cells.csv").is_file()
+    assert "scan: done" in capsys.readouterr().out
+
+
 def test_run_refuses_to_overwrite_without_the_flag(slides_folder, tmp_path, capsys):
     arguments = ["run", str(slides_folder / "beta.png"), "--out", str(tmp_path)]
     assert main([*arguments, "--formats", "csv"]) == 0

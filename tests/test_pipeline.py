@@ -183,3 +183,15 @@ def test_an_image_of_noise_says_it_holds_no_nucleated_cell():
     assert len(result.cells) > 0  # Cellpose finds "objects" in noise (53 here)
     assert not result.cells["is_nucleated"].any()
     assert any(notice.startswith("None of the") for notice in result.notices)
+
+
+def test_red_cells_of_an_implausible_size_point_at_the_pixel_size(analysed, field):
+    """At the field's pixel size red cells measure 6-9 µm and nothing is said; given twice the
+    pixel size they measure twice that, and the notice names the size, its source and the fix."""
+    result, _ = analysed
+    assert not any(notice.startswith("Red cells") for notice in result.notices)
+    doubled = run_steps(segment_stage(field.image, 2 * field.pixel_size_um))
+    (notice,) = [notice for notice in doubled.notices if notice.startswith("Red cells")]
+    assert f"at {2 * field.pixel_size_um:g} µm per pixel (given)" in notice
+    assert "probably too large" in notice
+    assert "--pixel-size" in notice

@@ -143,8 +143,8 @@ def test_a_region_of_a_slide_runs_end_to_end_with_level0_coordinates(tmp_path, c
     out = tmp_path / "out"
     roi = f"{left},{top},512,512"
     assert main(["run", str(path), "--out", str(out), "--roi", roi]) == 0
-    folder = out / "slide.ome"
-    collection = json.loads((folder / "slide.ome.geojson").read_text())
+    folder = out / "slide"  # the slide's name without .ome.tif, as its tiled run's
+    collection = json.loads((folder / "slide.geojson").read_text())
     detections = [
         feature
         for feature in collection["features"]
@@ -156,7 +156,7 @@ def test_a_region_of_a_slide_runs_end_to_end_with_level0_coordinates(tmp_path, c
     assert points[:, 0].max() <= left + 512
     assert top <= points[:, 1].min()
     assert points[:, 1].max() <= top + 512
-    run = json.loads((folder / "slide.ome_run.json").read_text())
+    run = json.loads((folder / "slide_run.json").read_text())
     assert run["provenance"]["region"]["x_y_width_height"] == roi
     assert run["pixel_size_um"] == pytest.approx(field.pixel_size_um)
     with pytest.raises(SystemExit):
@@ -229,6 +229,9 @@ def test_a_rectangle_drawn_on_a_slide_is_segmented_classified_and_exported_in_pl
     wait_for(segment, qtbot, timeout_s=120)
     cells = viewer.layers[f"{image.name} cells"]
     assert np.asarray(cells.data).shape == (512, 512)
+    # add_shapes made the rectangle in "pixel" units: it takes the slide's µm (one unit, so
+    # napari's scale bar keeps µm)
+    assert {str(unit) for layer in viewer.layers for unit in layer.units} == {"micrometer"}
     assert tuple(cells.translate) == pytest.approx((top * size, left * size))
     assert cells.features["is_nucleated"].sum() > 5
 

@@ -59,7 +59,14 @@ from blastscope.io import ImageInputError, file_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps, run_steps
-from blastscope.slide import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES, Region, SlideError, is_whole_slide
+from blastscope.slide import (
+    OPENSLIDE_SUFFIXES,
+    SLIDE_SUFFIXES,
+    Region,
+    SlideError,
+    is_whole_slide,
+    slide_stem,
+)
 from blastscope.slide_call import SlideCall
 from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps
 
@@ -123,7 +130,8 @@ class Slide:
 class SlideOutcome:
     """What became of one slide in a batch: ``status`` is done, skipped or failed.
 
-    ``notes`` say what the run found and did besides analysing (e.g. why a slide was redone).
+    ``notes`` say what the run found and did besides analysing: its fields' notices (an
+    estimated pixel size, no nucleated cell found...), why a slide was redone, what was cleaned.
     """
 
     slide: Slide
@@ -176,9 +184,11 @@ def find_slides(source: str | Path) -> list[Slide]:
     text = str(source)
     path = Path(source)
     if path.is_file():
-        return [Slide(path.stem, (path,))]
+        return [Slide(slide_stem(path), (path,))]
     if path.is_dir():
-        slides = [Slide(item.stem, (item,)) for item in sorted(path.iterdir()) if _is_image(item)]
+        slides = [
+            Slide(slide_stem(item), (item,)) for item in sorted(path.iterdir()) if _is_image(item)
+        ]
         folders = (item for item in path.iterdir() if item.is_dir())
         for folder in sorted(item for item in folders if not item.name.startswith(".")):
             fields = tuple(sorted(item for item in folder.iterdir() if _is_image(item)))
@@ -186,7 +196,7 @@ def find_slides(source: str | Path) -> list[Slide]:
                 slides.append(Slide(folder.name, fields))
     elif glob.has_magic(text):
         images = [Path(item) for item in sorted(glob.glob(text)) if _is_image(Path(item))]
-        slides = [Slide(image.stem, (image,)) for image in images]
+        slides = [Slide(slide_stem(image), (image,)) for image in images]
     else:
         raise FileNotFoundError(f"No file or folder at {text}: check the path.")
     if not slides:
@@ -460,11 +470,11 @@ def _check_field_names(slide: Slide) -> None:
     """Two fields whose names give the same output files (``f0.png`` and ``f0.jpg``) are refused."""
     by_stem: dict[str, Path] = {}
     for path in slide.fields:
-        other = by_stem.setdefault(path.stem.casefold(), path)
+        other = by_stem.setdefault(slide_stem(path).casefold(), path)
         if other != path:
             raise ValueError(
                 f"Fields {other} and {path} of slide {slide.slide_id} would write the same output "
-                f"files ({path.stem}.*); rename one of them."
+                f"files ({slide_stem(path)}.*); rename one of them."
             )
 
 
@@ -489,7 +499,7 @@ def _expected_outputs(folder: Path, slide: Slide, formats: Sequence[str]) -> lis
     """Every file the export of ``slide`` may write into ``folder`` (and ``slide.json``)."""
     paths = []
     for path in slide.fields:
-        main = export_paths(folder, path.stem)
+        main = export_paths(folder, slide_stem(path))
         for name in (*formats, "run"):
             paths.append(main[name])
             if name in ("csv", "parquet"):
@@ -584,6 +594,10 @@ def slide_steps(
             input_sha256=image_field.sha256,
         )
         result.notices[:0] = image_field.notices
+        for notice in result.notices:  # shown by the CLI (stderr, --json) and the summary
+            note = notice if len(slide.fields) == 1 else f"{path.name}: {notice}"
+            if note not in notes:
+                notes.append(note)
         result.provenance["input_file"] = str(path)
         if region is not None:
             result.provenance["region"] = {
@@ -598,7 +612,7 @@ def slide_steps(
                 result,
                 image_field.image,
                 folder,
-                stem=path.stem,
+                stem=slide_stem(path),
                 formats=formats,
                 overwrite=may_replace,
             )

@@ -37,6 +37,13 @@ from blastscope.slide_call import (
     call_slide,
 )
 
+RED_CELL_DIAMETER_UM = (5.5, 10.0)
+"""The median red-cell diameter (µm) a run accepts without a notice: normal red cells are 6-8.5
+µm across and anaemias move the median by a micrometre or two; beyond, the pixel size (given,
+from the file or estimated) is probably wrong."""
+RED_CELL_MIN_COUNT = 10
+"""Red cells (whole, non-nucleated objects) needed before their size is judged."""
+
 DEFAULT_BLAST_MODEL = "blast-smear"
 DEFAULT_MUTATION_MODEL = "mutation-demo"
 
@@ -215,6 +222,11 @@ def segment_stage(
             f"like a stained blood or marrow smear at {segmentation.pixel_size_um:g} µm per "
             "pixel. Check the image and its pixel size (--pixel-size); no blast can be counted."
         )
+    size_notice = red_cell_size_notice(
+        cells, segmentation.pixel_size_um, segmentation.model_info.get("pixel_size_source")
+    )
+    if size_notice:
+        notices.append(size_notice)
     provenance = {
         "created": utc_timestamp(),
         "software": software_versions(),
@@ -230,6 +242,31 @@ def segment_stage(
         segmentation=segmentation,
         provenance=provenance,
         notices=notices,
+    )
+
+
+def red_cell_size_notice(
+    cells: pd.DataFrame, pixel_size_um: float, source: str | None = None
+) -> str | None:
+    """A notice when the median diameter of the whole red cells (non-nucleated objects off the
+    image border) lies outside :data:`RED_CELL_DIAMETER_UM`, which points at a wrong pixel
+    size; None when it lies inside or too few red cells were found to tell."""
+    if not {"is_nucleated", "touches_border", "diameter_um"} <= set(cells.columns):
+        return None
+    whole = cells.loc[~cells["is_nucleated"] & ~cells["touches_border"], "diameter_um"]
+    if len(whole) < RED_CELL_MIN_COUNT:
+        return None
+    median = float(whole.median())
+    low, high = RED_CELL_DIAMETER_UM
+    if low <= median <= high:
+        return None
+    origin = f" ({source})" if source else ""
+    return (
+        f"Red cells measure {median:.1f} µm across (median of {len(whole)}) at "
+        f"{pixel_size_um:g} µm per pixel{origin}, where normal red cells are about 6-8.5 µm: "
+        f"the pixel size is probably {'too large' if median > high else 'too small'}. Give the "
+        "scanner's pixel size (--pixel-size, or the dock's pixel size field); every µm "
+        "measure and the classifiers' windows depend on it."
     )
 
 
