@@ -99,6 +99,11 @@ def test_screenshots_of_each_docks_result(make_napari_viewer_proxy, screenshots,
     shots["export"] = save(viewer, screenshots, "export")
 
     assert image.name == "synthetic smear (NPM1)"
+    for index in range(dock.count()):  # after every run, every tab fits the dock's width
+        dock.setCurrentIndex(index)
+        for _ in range(5):
+            QApplication.processEvents()
+        assert not dock.widget(index).horizontalScrollBar().isVisible(), dock.tabText(index)
     for name, shot in shots.items():
         assert shot.shape[0] >= 600, name
         assert shot.shape[1] >= 1000, name

@@ -19,6 +19,7 @@ from blastscope.pipeline import PipelineConfig, analyse, loaded
 from blastscope.progress import run_steps
 from blastscope.segment import SegmentationParams
 from blastscope.slide import Region, SlideError, open_slide
+from blastscope.slide_call import call_headline
 from blastscope.synthetic import generate_field
 from blastscope.wholeslide import ID_STRIDE, survey_slide, tile_cores, whole_slide_steps
 from test_slide import positions, write_ome_pyramid
@@ -180,6 +181,8 @@ def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_anal
 def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     make_napari_viewer_proxy, slide, config, tmp_path
 ):
+    from blastscope.widgets._layers import viewer_camera
+    from blastscope.widgets._slide_view import tiled_result_view
     from widget_cases import PLUGIN, notifications
 
     path, field = slide
@@ -215,9 +218,26 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert np.isnan(np.asarray(colours.data[1])[np.asarray(cells.data[1]) == 0]).all()
 
     # the field docks say what they do not do on a whole slide's cells, and how to get it
-    names = ("Classify blasts", "Edit and re-classify", "Export", "Segment cells")
+    names = (
+        "Classify blasts",
+        "Edit and re-classify",
+        "Export",
+        "Segment cells",
+        "Predict mutation",
+    )
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in names}
     viewer.layers.selection.active = cells
+    # no dock offers the overlays as an image to analyse; Predict mutation shows the run's call
+    for name in ("Segment cells", "Predict mutation"):
+        offered = docks[name]._image.choices
+        assert colours not in offered
+        assert veil not in offered
+        assert [layer.name for layer in offered] == ["slide"]
+    mutation = docks["Predict mutation"]
+    recorded = json.loads((outcome.folder / "slide.json").read_text())["slide_call"]
+    assert recorded is not None
+    assert mutation.headline.text() == call_headline(recorded)
+    assert mutation.chart.call.probabilities == pytest.approx(recorded["probabilities"])
     with notifications() as messages:
         for name in ("Classify blasts", "Edit and re-classify", "Export"):
             docks[name].run()
@@ -238,6 +258,11 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert int(table["is_blast"].sum()) == blasts
     assert f"{blasts} blasts" in classify._counts.value
     assert "whole slide" in classify._counts.value
+    # the Mutation dock follows: the call recounted at 0.9 (no interval while it is a preview)
+    preview = tiled_result_view(viewer, cells).preview_call
+    assert preview is not None
+    assert mutation.headline.text() == call_headline(preview, exact=False)
+    assert mutation.chart.call is preview
     assert not classify._demo.native.isHidden()  # blast-smear, mutation-demo: demonstration
     # the inspector shows a clicked cell and centres a table row's cell
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")
@@ -245,7 +270,7 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     row = int(np.flatnonzero(table["label"] == classified["label"])[0])
     inspector._row_selected(row)
     assert f"Cell {int(classified['label'])}" in inspector.info.text()
-    assert tuple(viewer.camera.center[-2:]) == pytest.approx(
+    assert tuple(viewer_camera(viewer).center[-2:]) == pytest.approx(
         (classified["centroid_y"] * size, classified["centroid_x"] * size)
     )
     centre = np.argwhere(np.asarray(cells.data[0]) == classified["label"]).mean(axis=0)
@@ -326,16 +351,16 @@ def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled
     assert main([*argv, "--workers", "2", "--threads", "1"]) == 0
     summary = pd.read_csv(out / "summary.csv").set_index("slide_id")
     assert (summary["status"] == "done").all()
-    assert summary.loc["slide.ome", "cells"] == tiled.counts["cells"]
-    assert summary.loc["slide.ome", "blasts"] == tiled.counts["blasts"]
-    assert "whole slide: 9 tiles analysed" in summary.loc["slide.ome", "notes"]
+    assert summary.loc["slide", "cells"] == tiled.counts["cells"]
+    assert summary.loc["slide", "blasts"] == tiled.counts["blasts"]
+    assert "whole slide: 9 tiles analysed" in summary.loc["slide", "notes"]
     assert "analysed on dask worker tcp://" in summary.loc["field", "notes"]  # a task too
     np.testing.assert_array_equal(
         tiled_labels(tiled), tiled_labels(SimpleNamespace(folder=out / "slide.tiled"))
     )
     assert main(argv) == 0  # a rerun finds every tile done
     summary = pd.read_csv(out / "summary.csv").set_index("slide_id")
-    assert "0 tiles analysed, 9 from an earlier run" in summary.loc["slide.ome", "notes"]
+    assert "0 tiles analysed, 9 from an earlier run" in summary.loc["slide", "notes"]
 
 
 def test_a_batch_of_fields_on_two_workers_writes_what_one_process_writes(tmp_path):

@@ -93,6 +93,14 @@ def test_clicking_a_cell_shows_its_crop_and_probabilities_and_selects_its_row(
 def test_a_table_row_selects_and_centres_its_cell(make_napari_viewer, qtbot):
     viewer, session, _, inspector = inspected_viewer(make_napari_viewer, qtbot)
     table = inspector.table
+    # the table opens with the likeliest blasts first (not the red cells of the lowest labels)
+    p_blast = session.layer.features["p_blast"].to_numpy()
+    assert int(table.model_.order[0]) == int(np.nanargmax(p_blast))
+    assert np.isnan(p_blast[table.model_.order[-1]])  # unclassified objects last
+    table.horizontalHeader().sectionClicked.emit(0)  # the user's own order is kept from then on
+    table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+    table.set_frame(session.layer.features)
+    assert table.horizontalHeader().sortIndicatorSection() == 0
     table.sortByColumn(
         list(session.layer.features.columns).index("p_blast"), Qt.SortOrder.DescendingOrder
     )

@@ -53,6 +53,9 @@ def test_segmentation_matches_the_core_and_reruns_in_place(make_napari_viewer_pr
     assert layer.metadata["provenance"]["segmentation"]["params"]["tile_size"] == 1024
     assert tuple(layer.scale) == tuple(image.scale)
     assert f"{len(expected.cells)} cells" in widget._status.value
+    # the pixel size came with the image, and both lines say so
+    assert f"{field.pixel_size_um:g} µm/px (from the image)" in widget._status.value
+    assert widget._pixel_source.value == f"pixel size {field.pixel_size_um:g} µm (from the image)"
 
     names = [item.name for item in viewer.layers]
     widget.run()

@@ -70,6 +70,32 @@ class SlideCall:
         :func:`blastscope.jsonable.jsonable`)."""
         return jsonable(asdict(self), "the slide call")
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SlideCall:
+        """The call that :meth:`to_dict` wrote (None back to NaN, lists back to tuples)."""
+
+        def number(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        return cls(
+            call=data.get("call"),
+            probabilities={name: number(p) for name, p in data["probabilities"].items()},
+            interval={
+                name: (number(low), number(high)) for name, (low, high) in data["interval"].items()
+            },
+            n_blasts=int(data["n_blasts"]),
+            n_nucleated=int(data["n_nucleated"]),
+            blast_percentage=number(data.get("blast_percentage")),
+            abstained=bool(data["abstained"]),
+            reason=data.get("reason", ""),
+            pooling=data["pooling"],
+            min_blasts=int(data["min_blasts"]),
+            min_probability=float(data["min_probability"]),
+            classes=tuple(data["classes"]),
+            n_images=int(data.get("n_images", 1)),
+            n_bootstrap=int(data.get("n_bootstrap", 0)),
+        )
+
 
 def pool_probabilities(probabilities: np.ndarray, pooling: str = "mean") -> np.ndarray:
     """Pool per-cell class probabilities (N, K) to one distribution (K,).

@@ -18,6 +18,7 @@ from blastscope.result import SlideResult
 from blastscope.widgets._layers import (
     SOURCE_KEY,
     cells_layer_name,
+    image_picker,
     image_pixel_size_um,
     image_rgb,
     result_region,
@@ -26,6 +27,13 @@ from blastscope.widgets._session import CellsSession, session_for
 from blastscope.widgets._slide_view import TiledResultView, tiled_result_view
 
 DEMO_TEXT = "⚠ Demonstration model, not for diagnosis (trained on synthetic smears)."
+
+
+def status_label() -> Label:
+    """A line of status text that wraps instead of widening its dock."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    return label
 
 
 def demo_label() -> Label:
@@ -68,7 +76,7 @@ class SessionDock(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer, *, with_image: bool = True):
         super().__init__(labels=True)
         self._viewer = napari_viewer
-        self._image = create_widget(annotation=Image, label="image") if with_image else None
+        self._image = image_picker(napari_viewer) if with_image else None
         self._cells = create_widget(annotation=Labels, label="cells")
         self.session: CellsSession | None = None
         self.slide_view: TiledResultView | None = None

@@ -7,7 +7,6 @@ import napari
 from magicgui.widgets import (
     ComboBox,
     FloatSlider,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -22,7 +21,7 @@ from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
 from blastscope.slide_call import call_headline
-from blastscope.widgets._base import SessionDock, demo_label
+from blastscope.widgets._base import SessionDock, demo_label, status_label
 from blastscope.widgets._models import BundlePicker
 from blastscope.widgets._panels import ColourLegend
 from blastscope.widgets._runner import StageRunner
@@ -84,7 +83,7 @@ class ClassifyWidget(SessionDock):
             tooltip="Cells with p_blast at or above it are blasts; moving it runs no model.",
         )
         self.threshold.enabled = False
-        self._counts = Label(value="")
+        self._counts = status_label()
         self._counts.native.setWordWrap(True)
         self._demo = demo_label()
         self.extend(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, ProgressBar, PushButton, SpinBox
 from napari.layers import Labels
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
@@ -19,7 +19,7 @@ from blastscope.pipeline import record_run, recorded_classifier
 from blastscope.predict import DEFAULT_BATCH_SIZE
 from blastscope.progress import Steps
 from blastscope.result import SlideResult
-from blastscope.widgets._base import SessionDock
+from blastscope.widgets._base import SessionDock, status_label
 from blastscope.widgets._layers import image_rgb, result_region
 from blastscope.widgets._runner import StageRunner
 from blastscope.widgets._session import show_result
@@ -66,7 +66,7 @@ class EditWidget(SessionDock):
         self.run_button = PushButton(text="Re-classify edited cells")
         self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
-        self.status = Label(value="")
+        self.status = status_label()
         self.extend(
             [
                 self.auto,

@@ -17,7 +17,7 @@ from blastscope.crops import background_fill, cell_crop
 from blastscope.io import to_rgb_uint8
 from blastscope.models.classifier import DEFAULT_CROP_PIXEL_SIZE_UM, DEFAULT_WINDOW_UM
 from blastscope.widgets._base import SessionDock
-from blastscope.widgets._layers import image_rgb, result_region
+from blastscope.widgets._layers import image_rgb, result_region, viewer_camera
 from blastscope.widgets._panels import FeaturesTable, bold_label, rgb_pixmap
 from blastscope.widgets._session import NEXT_KEY, OVERRIDE_KEYS, UNDO_KEY
 
@@ -77,7 +77,7 @@ class InspectorWidget(SessionDock):
         self.crop.setFixedSize(CROP_SIDE_PX, CROP_SIDE_PX)
         self.info = bold_label("Click a cell (pan/zoom mode) or a row of the table.", 9)
         self._fill: tuple[np.ndarray, np.ndarray] | None = None
-        self.table = FeaturesTable(self._row_selected)
+        self.table = FeaturesTable(self._row_selected, default_sort="p_blast")
         for widget in (self.crop, self.info, self.table):
             self.native.layout().addWidget(widget)
         self.mark_blast.changed.connect(lambda: self._override(True))
@@ -122,7 +122,7 @@ class InspectorWidget(SessionDock):
         view = self.slide_view
         if view is not None:
             view.select(int(view.layer.features["label"].iloc[row]))
-            self._viewer.camera.center = view.world_position(row)
+            viewer_camera(self._viewer).center = view.world_position(row)
             return
         session = self.session
         if session is not None:

@@ -16,6 +16,8 @@ from blastscope.slide import FIELD_LIMIT_PX
 
 RESULT_KEY = "blastscope_result"
 SOURCE_KEY = "blastscope_source_image"
+OVERLAY_KEY = "blastscope_overlay"
+"""Set in the metadata of the colour and veil layers that blastscope draws over an image."""
 OUTLINE_RGBA = (1.0, 0.95, 0.6, 1.0)
 """Colour of the cells' outlines (pale yellow)."""
 
@@ -60,6 +62,29 @@ def click_selects(select: Callable[[int], None]):
             select(int(value))
 
     return on_click
+
+
+def is_overlay(layer) -> bool:
+    """Whether ``layer`` is one of blastscope's colour or veil overlays (not an image to
+    analyse)."""
+    return bool(layer.metadata.get(OVERLAY_KEY))
+
+
+def analysable_images(viewer: napari.viewer.Viewer) -> list[Image]:
+    """The image layers a dock may analyse: the viewer's Image layers except blastscope's own
+    overlays."""
+    return [layer for layer in viewer.layers if isinstance(layer, Image) and not is_overlay(layer)]
+
+
+def image_picker(viewer: napari.viewer.Viewer):
+    """A dock's "image" choice: :func:`analysable_images` of ``viewer``."""
+    from magicgui.widgets import create_widget
+
+    return create_widget(
+        annotation=Image,
+        label="image",
+        options={"choices": lambda _widget: analysable_images(viewer)},
+    )
 
 
 def cells_layer_name(image_layer: Image) -> str:
@@ -110,6 +135,21 @@ def image_pixel_size_um(image_layer: Image) -> float | None:
         return None
     size = float((image_layer.scale[-1] * unit).to("micrometer").magnitude)
     return size if size > 0 else None
+
+
+def match_world_units(viewer: napari.viewer.Viewer, layer) -> None:
+    """Give a Shapes layer drawn straight in the viewer's world (scale 1, units "pixel", as
+    ``viewer.add_shapes()`` makes it) the length units of the images beside it, so that the
+    viewer's units stay consistent (its scale bar keeps "µm")."""
+    if not isinstance(layer, Shapes) or not np.allclose(layer.scale, 1.0):
+        return
+    if any(str(unit) != "pixel" for unit in layer.units):
+        return
+    for image in viewer.layers:
+        unit = image.units[-1] if isinstance(image, Image) else None
+        if unit is not None and str(unit) != "pixel" and unit.is_compatible_with("micrometer"):
+            layer.units = (unit,) * layer.ndim
+            return
 
 
 Box = tuple[int, int, int, int]

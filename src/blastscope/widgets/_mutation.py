@@ -174,13 +174,22 @@ class MutationWidget(SessionDock):
             chosen_demo = bool(self.bundles.metadata().get("demo"))
         except BundleError:
             chosen_demo = False
-        self._demo.visible = chosen_demo or (self.session is not None and self.session.demo)
+        followed = self.slide_view or self.session
+        self._demo.visible = chosen_demo or (followed is not None and followed.demo)
 
     def on_session_changed(self) -> None:
-        session = self.session
-        call = session.slide_call if session is not None else None
-        exact = session.exact if session is not None else True
+        view, session = self.slide_view, self.session
+        if view is not None:  # a whole slide: its run's call, recounted at Classify's threshold
+            call, exact = view.slide_call, view.preview_call is None
+        else:
+            call = session.slide_call if session is not None else None
+            exact = session.exact if session is not None else True
         headline, details = slide_call_text(call, exact)
+        if view is not None:
+            details += (
+                "\nWhole slide: the call of its tiled run, pooled from its cells table "
+                "(Predict mutation runs on fields and regions)."
+            )
         self.headline.setText(headline)
         self.details.setText(details)
         self.chart.show_call(call, exact)

@@ -221,10 +221,19 @@ class FeaturesModel(QAbstractTableModel):
 
 class FeaturesTable(QTableView):
     """The cells table as a view of ``features``: selecting a row calls ``on_select(row)`` with
-    the frame's row; :meth:`select_frame_row` selects a row from outside without calling it."""
+    the frame's row; :meth:`select_frame_row` selects a row from outside without calling it.
+    Until the user clicks a column's header, rows are sorted by ``default_sort`` (descending,
+    empty values last) when the frame has that column."""
 
-    def __init__(self, on_select: Callable[[int], None], parent: QWidget | None = None):
+    def __init__(
+        self,
+        on_select: Callable[[int], None],
+        parent: QWidget | None = None,
+        *,
+        default_sort: str | None = None,
+    ):
         super().__init__(parent)
+        self._default_sort = default_sort
         self.model_ = FeaturesModel(self)
         self.setModel(self.model_)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -237,12 +246,19 @@ class FeaturesTable(QTableView):
         self._on_select = on_select
         self._quiet = False
         self.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.horizontalHeader().sectionClicked.connect(self._user_sorted)
+
+    def _user_sorted(self, *args) -> None:
+        self._default_sort = None
 
     def set_frame(self, frame: pd.DataFrame) -> None:
         """Show ``frame`` (a new features table), keeping the user's sort order."""
         self._quiet = True
         self.model_.set_frame(frame)
         header = self.horizontalHeader()
+        if self._default_sort in frame.columns:
+            column = frame.columns.get_loc(self._default_sort)
+            header.setSortIndicator(column, Qt.SortOrder.DescendingOrder)
         if 0 <= header.sortIndicatorSection() < len(frame.columns):
             self.model_.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
         self._quiet = False

@@ -47,7 +47,17 @@ class StageRunner:
         self.worker: GeneratorWorker | None = None
         self._activity: progress | None = None
         self._closed = False
+        self._text = ""
         run_button.native.destroyed.connect(self._dock_closed)
+
+    def _show_text(self, text: str) -> None:
+        """What runs, written in the bar itself (as its label it would widen the dock's column
+        of labels) and in its tooltip."""
+        self._text = text
+        bar = self._bar.native
+        bar.setFormat(f"{text} · %p%" if self._bar.max else text)
+        bar.setTextVisible(True)
+        bar.setToolTip(text)
 
     @property
     def running(self) -> bool:
@@ -62,7 +72,7 @@ class StageRunner:
         """Start ``steps`` in a worker; ``on_result`` gets its result on the main thread. While
         another run is going, says so and starts nothing (returns None)."""
         if self.worker is not None:
-            show_error(f"{self._bar.label} is still running: wait for it, or Cancel it first.")
+            show_error(f"{self._text} is still running: wait for it, or Cancel it first.")
             return None
         worker = create_worker(_drive, steps, _start_thread=False, _ignore_errors=True)
         self._activity = progress(total=0, desc=description)
@@ -77,7 +87,7 @@ class StageRunner:
         self._cancel_button.enabled = True
         self._bar.visible = True
         self._bar.min, self._bar.max, self._bar.value = 0, 0, 0
-        self._bar.label = description
+        self._show_text(description)
         self.started.emit(worker)
         worker.start()
         return worker
@@ -85,7 +95,7 @@ class StageRunner:
     def cancel(self) -> None:
         """Ask the running stage to stop at its next progress event."""
         if self.worker is not None:
-            self._bar.label = "cancelling…"
+            self._show_text("cancelling…")
             self.worker.quit()
 
     def _dock_closed(self, *args) -> None:
@@ -100,7 +110,7 @@ class StageRunner:
         total = max(int(event.total), 0)
         self._bar.max = total
         self._bar.value = min(int(event.done), total)
-        self._bar.label = f"{event.stage}: {event.message}" if event.message else event.stage
+        self._show_text(f"{event.stage}: {event.message}" if event.message else event.stage)
         activity = self._activity  # updating it may process events (and end the run)
         if activity is not None:
             if activity.total != total:

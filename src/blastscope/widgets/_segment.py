@@ -12,7 +12,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -26,11 +25,15 @@ from blastscope.pipeline import recompute_stage, segment_stage
 from blastscope.progress import Progress, Steps
 from blastscope.result import SlideResult
 from blastscope.segment import SegmentationParams, segmenter_choices
+from blastscope.widgets._base import status_label
 from blastscope.widgets._layers import (
     RESULT_KEY,
     cells_layer_name,
+    image_picker,
     image_pixel_size_um,
     image_rgb,
+    is_overlay,
+    match_world_units,
     result_region,
     shapes_region,
 )
@@ -65,7 +68,7 @@ class SegmentWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         defaults = SegmentationParams()
-        self._image = create_widget(annotation=Image, label="image")
+        self._image = image_picker(napari_viewer)
         self._region = create_widget(
             annotation=Optional[Shapes],  # noqa: UP045 (magicgui reads Optional, not X | None)
             label="region",
@@ -94,10 +97,10 @@ class SegmentWidget(Container):
             value=0.0,
             tooltip="µm per pixel; 0 = from the image's metadata, else the model's default.",
         )
-        self._pixel_source = Label(value="")
+        self._pixel_source = status_label()
         self._pixel_size.changed.connect(self._show_pixel_size)
         self._estimate = CheckBox(
-            text="estimate diameter from the image",
+            text="estimate diameter",
             value=True,
             tooltip="Automatic diameter: from the pixel size and the model's cell size in µm "
             "when both are known, else estimated from a first pass on the image.",
@@ -131,7 +134,7 @@ class SegmentWidget(Container):
         )
         self.cancel_button = PushButton(text="Cancel")
         self._bar = ProgressBar(label="progress")
-        self._status = Label(value="")
+        self._status = status_label()
         self.extend(
             [
                 self._image,
@@ -176,6 +179,9 @@ class SegmentWidget(Container):
         for event in (self._viewer.layers.events.inserted, self._viewer.layers.events.removed):
             event.connect(self._image.reset_choices)
             event.connect(self._region.reset_choices)
+        self._viewer.layers.events.inserted.connect(
+            lambda event: match_world_units(self._viewer, event.value)
+        )
         self._viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._image.changed.connect(self._show_pixel_size)
         self._show_pixel_size()
@@ -184,22 +190,25 @@ class SegmentWidget(Container):
         """Segment the image the user selects (selecting another kind of layer changes
         nothing)."""
         layer = self._viewer.layers.selection.active
-        if isinstance(layer, Image) and layer is not self._image.value:
+        if isinstance(layer, Image) and not is_overlay(layer) and layer is not self._image.value:
             self._image.reset_choices()
             self._image.value = layer
 
     def _show_pixel_size(self, *args) -> None:
         """The pixel size a run will use and where it comes from, kept visible."""
-        image_layer = self._image.value
-        given = self._pixel_size.value
-        from_layer = image_pixel_size_um(image_layer) if isinstance(image_layer, Image) else None
-        if given:
-            text = f"pixel size {given:g} µm (given here)"
-        elif from_layer:
-            text = f"pixel size {from_layer:g} µm (from the image)"
+        size, origin = self._pixel_size_and_origin(self._image.value)
+        if size:
+            text = f"pixel size {size:g} µm ({origin})"
         else:
             text = "pixel size unknown: estimated from the cell size (set it above if known)"
         self._pixel_source.value = text
+
+    def _pixel_size_and_origin(self, image_layer: Image | None) -> tuple[float | None, str]:
+        """The pixel size a run of ``image_layer`` is given (None: none) and where it is from."""
+        if self._pixel_size.value:
+            return self._pixel_size.value, "given here"
+        from_layer = image_pixel_size_um(image_layer) if isinstance(image_layer, Image) else None
+        return from_layer, "from the image"
 
     def params(self) -> SegmentationParams:
         """The segmentation parameters set in the widget."""
@@ -223,9 +232,10 @@ class SegmentWidget(Container):
         if image_layer is None:
             show_error("Choose an image layer to segment (open one with File > Open).")
             return
-        pixel_size = self._pixel_size.value or image_pixel_size_um(image_layer)
+        pixel_size, origin = self._pixel_size_and_origin(image_layer)
         try:
             shapes = self._region.value
+            match_world_units(self._viewer, shapes)
             region = shapes_region(shapes, image_layer) if isinstance(shapes, Shapes) else None
             pixels = image_rgb(image_layer, region, read=False)
         except ValueError as error:
@@ -234,7 +244,7 @@ class SegmentWidget(Container):
         steps = _segment_region_steps(pixels, pixel_size, self.params(), region)
         self.runner.start(
             steps,
-            lambda result: self._show(image_layer, result),
+            lambda result: self._show(image_layer, result, origin),
             description=f"Segmenting {image_layer.name}",
         )
 
@@ -267,16 +277,21 @@ class SegmentWidget(Container):
         )
         self.runner.start(
             steps,
-            lambda result: self._show(image_layer, result),
+            lambda result: self._show(
+                image_layer, result, self._pixel_size_and_origin(image_layer)[1]
+            ),
             description=f"Recomputing masks of {image_layer.name}",
         )
 
-    def _show(self, image_layer: Image, result: SlideResult) -> None:
+    def _show(self, image_layer: Image, result: SlideResult, origin: str = "given") -> None:
+        """Show ``result``; ``origin`` says where a pixel size the run was given came from."""
         show_result(self._viewer, image_layer, result)
         for notice in result.notices:
             show_info(notice)
         source = result.provenance.get("segmentation", {}).get("model", {})
         source = source.get("pixel_size_source", "given")
+        if source == "given":
+            source = origin
         self._status.value = (
             f"{result.n_cells} cells, {result.n_nucleated} nucleated, "
             f"{result.pixel_size_um:g} µm/px ({source})"

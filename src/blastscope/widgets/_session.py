@@ -42,6 +42,7 @@ from blastscope.widgets._colours import (
     veil_values,
 )
 from blastscope.widgets._layers import (
+    OVERLAY_KEY,
     RESULT_KEY,
     SOURCE_KEY,
     click_selects,
@@ -467,7 +468,7 @@ class CellsSession:
                 opacity=opacity,
                 interpolation2d="nearest",
                 blending="translucent",
-                metadata={"blastscope_overlay": True},
+                metadata={OVERLAY_KEY: True},
                 **style,
                 **placement,
             )

@@ -26,7 +26,7 @@ from blastscope.widgets._colours import (
     veil_limits,
     veil_values,
 )
-from blastscope.widgets._layers import layer_features
+from blastscope.widgets._layers import OVERLAY_KEY, layer_features
 from blastscope.widgets._session import CELL_OPACITY
 from blastscope.widgets._slide_view import SLIDE_RECORD_KEY, VEIL_SUFFIX
 
@@ -146,7 +146,7 @@ def _lazy_overlays(levels, table: pd.DataFrame, record: dict, name: str, placeme
         "colormap": p_blast_colormap(),
         "contrast_limits": (0.0, 1.0),
         "opacity": CELL_OPACITY,
-        "metadata": {"blastscope_overlay": True},
+        "metadata": {OVERLAY_KEY: True},
     }
     dimmed = {
         **style,
@@ -154,7 +154,7 @@ def _lazy_overlays(levels, table: pd.DataFrame, record: dict, name: str, placeme
         "name": f"{base}{VEIL_SUFFIX}",
         "colormap": veil_colormap(),
         "contrast_limits": veil_limits(threshold or 0.0),
-        "metadata": {"blastscope_overlay": True},
+        "metadata": {OVERLAY_KEY: True},
     }
     layers = [(lazily(p_blast), colours, "image")]
     if threshold is not None:  # (runs before 2026-12-02 did not record the threshold used)

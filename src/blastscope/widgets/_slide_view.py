@@ -106,10 +106,12 @@ class TiledResultView:
         return False
 
     @property
-    def slide_call(self) -> SlideCall | dict[str, Any] | None:
+    def slide_call(self) -> SlideCall | None:
         """The call at the current threshold: the preview once the threshold moved, else the
         run's own (with its interval)."""
-        return self.preview_call if self.preview_call is not None else self.recorded_call
+        if self.preview_call is not None:
+            return self.preview_call
+        return SlideCall.from_dict(self.recorded_call) if self.recorded_call else None
 
     def is_blast(self) -> np.ndarray:
         """Blast or not per row of ``features`` at the current threshold (overrides kept)."""
