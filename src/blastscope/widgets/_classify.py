@@ -84,7 +84,6 @@ class ClassifyWidget(SessionDock):
         )
         self.threshold.enabled = False
         self._counts = status_label()
-        self._counts.native.setWordWrap(True)
         self._demo = demo_label()
         self.extend(
             [

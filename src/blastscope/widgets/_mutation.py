@@ -174,7 +174,7 @@ class MutationWidget(SessionDock):
             chosen_demo = bool(self.bundles.metadata().get("demo"))
         except BundleError:
             chosen_demo = False
-        followed = self.slide_view or self.session
+        followed = self.slide_view if self.slide_view is not None else self.session
         self._demo.visible = chosen_demo or (followed is not None and followed.demo)
 
     def on_session_changed(self) -> None:
