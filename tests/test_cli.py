@@ -79,6 +79,26 @@ def test_an_ome_tiff_field_is_named_without_its_format_suffix(tmp_path, capsys):
     assert "scan: done" in capsys.readouterr().out
 
 
+def test_run_and_batch_limit_malloc_arenas_before_anything_else(monkeypatch, tmp_path, capsys):
+    """glibc fixes its arena limit when a second thread first allocates: run and batch set it
+    before their handler starts anything (train and the others leave it be)."""
+    import blastscope.distributed
+
+    events = []
+    monkeypatch.setattr(
+        blastscope.distributed, "limit_malloc_arenas", lambda: events.append("limit")
+    )
+    for command in ("run", "batch"):
+        monkeypatch.setattr(
+            cli, f"_cmd_{command}", lambda args, command=command: events.append(command) or 0
+        )
+    missing = str(tmp_path / "none.png")
+    assert main(["run", missing, "--out", str(tmp_path)]) == 0
+    assert main(["batch", missing, "--out", str(tmp_path)]) == 0
+    assert main(["models", "list"]) == 0
+    assert events == ["limit", "run", "limit", "batch"]
+
+
 def test_run_refuses_to_overwrite_without_the_flag(slides_folder, tmp_path, capsys):
     arguments = ["run", str(slides_folder / "beta.png"), "--out", str(tmp_path)]
     assert main([*arguments, "--formats", "csv"]) == 0

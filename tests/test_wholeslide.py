@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from types import SimpleNamespace
 
 import imageio.v3 as iio
@@ -451,10 +452,13 @@ def scheduled_tiles(client, wait_s: float = 10.0) -> list[str]:
 def test_stopping_a_cluster_run_cancels_its_tasks_and_a_rerun_here_finishes_it(
     slide, tiled, config, tmp_path, monkeypatch
 ):
-    from blastscope.distributed import ClusterSettings, cluster
+    from blastscope.distributed import MALLOC_ARENAS, ClusterSettings, cluster
 
     path, _ = slide
     with cluster(ClusterSettings(workers=2, threads=1)) as workers:
+        # each worker process started with its malloc arenas limited (memory, see its text)
+        limits = workers.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
+        assert set(limits.values()) == {str(MALLOC_ARENAS)}
         cancelled = []
         cancel = workers.client.cancel
 

@@ -691,6 +691,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["blastscope", *argv])
+    if args.handler in (_cmd_run, _cmd_batch):  # before any thread starts (see its text)
+        from blastscope.distributed import limit_malloc_arenas
+
+        limit_malloc_arenas()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

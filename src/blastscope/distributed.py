@@ -10,6 +10,8 @@ at a time with ``threads`` torch threads; a GPU on a worker is used (device ``au
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 from collections.abc import Iterator
@@ -26,6 +28,10 @@ WORKER_MEMORY_BYTES = 2_500_000_000
 """Memory a default worker is given room for: one 2,048-pixel tile with its halo, the models
 and Python (about 1.3 GB measured in benchmarks/bench_wholeslide.py, with margin)."""
 CONNECT_TIMEOUT_S = 10
+MALLOC_ARENAS = 2
+"""glibc malloc arenas a process that analyses tiles keeps (see :func:`limit_malloc_arenas`)."""
+M_ARENA_MAX = -8
+"""glibc's ``mallopt`` parameter number for the most arenas."""
 
 
 class ClusterError(BlastscopeError):
@@ -121,6 +127,7 @@ def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
         processes=True,
         dashboard_address=None,
         silence_logs=logging.ERROR,
+        env={"MALLOC_ARENA_MAX": str(MALLOC_ARENAS)},  # each worker, as in this process
     )
     client = Client(local)
     try:
@@ -128,6 +135,17 @@ def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
     finally:
         client.close()
         local.close()
+
+
+def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> None:
+    """Let glibc keep at most ``count`` malloc arenas in this process (elsewhere nothing is
+    done). Each thread that allocates (zarr's chunk writers, torch's, Cellpose's mask thread)
+    otherwise gets an arena of its own that keeps what it freed: writing a slide's labels grew
+    the driver by 0.14 GB over 9 tiles, flat with two arenas (docs/benchmarks.md). glibc fixes
+    the limit when a second thread first allocates, so this must run before any thread starts:
+    the CLI calls it first thing, LocalCluster workers get ``MALLOC_ARENA_MAX`` instead."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count)
 
 
 def use_threads(threads: int | None) -> None:
