@@ -196,7 +196,16 @@ def whole_slide_steps(
         todo = [index for index, kept in enumerate(occupied) if kept and index not in done]
         reused, before = len(done), len(cores) - len(todo)
         yield Progress("tiles", before, len(cores), f"{len(todo)} tiles to analyse")
-        job = TileJob(path, area, size, config, halo_px, survey.statistics, slide.bits)
+        job = TileJob(
+            path,
+            area,
+            size,
+            config,
+            halo_px,
+            survey.statistics,
+            slide.bits,
+            settings["input_sha256"],
+        )
         tiles = [(index, cores[index]) for index in todo]
         if cluster is None:
             results = _tiles_here(slide, job, tiles)
@@ -363,6 +372,7 @@ class TileJob:
     halo_px: int
     statistics: FieldStatistics | None
     value_bits: int | None = None
+    input_sha256: str | None = None
 
 
 @dataclass
@@ -392,7 +402,10 @@ def analyse_tile_steps(slide, job: TileJob, index: int, core: Region) -> Steps[T
     result = yield from analyse_steps(
         pixels, job.pixel_size_um, job.config, statistics=job.statistics
     )
-    cells = result.cells
+    # only the table and the labels go on: the pixels, the flows and the rest of the analysis
+    # are let go before the tile's features are built (the tile's peak)
+    cells, local = result.cells, result.labels
+    del result, pixels
     # a pixel's centre is its index: cores split the plane at half pixels, as the one-piece
     # run's tiles do (blastscope.segment.tiling), so every centroid has exactly one core
     centre_x, centre_y = cells["centroid_x"] + x0 + 0.5, cells["centroid_y"] + y0 + 0.5
@@ -403,7 +416,6 @@ def analyse_tile_steps(slide, job: TileJob, index: int, core: Region) -> Steps[T
         & (centre_y < core.y + core.height)
     ).to_numpy()
     kept = cells.loc[inside].copy()
-    local = result.labels
     if local.max() >= ID_STRIDE:
         raise SlideError(
             f"Tile {index} has label ids up to {int(local.max())}, more than the {ID_STRIDE} a "
@@ -418,8 +430,13 @@ def analyse_tile_steps(slide, job: TileJob, index: int, core: Region) -> Steps[T
     kept["centroid_x"] = kept["centroid_x"] + x0  # level-0 pixels of the slide
     kept["centroid_y"] = kept["centroid_y"] + y0
     kept = kept.reset_index(drop=True)
+    del local
     features = geojson_collection(
-        tile_labels.astype(np.int64), kept, pixel_size_um=job.pixel_size_um, offset_yx=(y0, x0)
+        tile_labels,
+        kept,
+        pixel_size_um=job.pixel_size_um,
+        image_sha256=job.input_sha256,  # the slide's: ids unique by label, no tile hashed
+        offset_yx=(y0, x0),
     )["features"]
     return TileResult(index, (y0, x0), tile_labels, kept, features)
 

@@ -98,7 +98,9 @@ def geojson_collection(
     offset = _check_offset(offset_yx)
     table = _check_cells(cells)
     specs = column_specs(table)
-    image_key = image_sha256 or "labels-sha256:" + hashlib.sha256(labels.tobytes()).hexdigest()
+    image_key = image_sha256 or (
+        "labels-sha256:" + hashlib.sha256(np.ascontiguousarray(labels).data).hexdigest()
+    )
 
     present = np.unique(labels)
     present = present[present > 0]
