@@ -264,6 +264,19 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert preview is not None
     assert mutation.headline.text() == call_headline(preview, exact=False)
     assert mutation.chart.call is preview
+    # its pooling controls show the run's settings and re-pool the call from the same table
+    view = tiled_result_view(viewer, cells)
+    assert mutation.pooling.value == recorded["pooling"]
+    assert mutation.min_blasts.value == recorded["min_blasts"]
+    mutation.min_blasts.value = blasts + 1  # one more than the slide has: no call
+    assert view.preview_call.abstained
+    assert mutation.headline.text() == call_headline(view.preview_call, exact=False)
+    assert "insufficient" in mutation.headline.text().lower()
+    mutation.min_blasts.value = recorded["min_blasts"]
+    mutation.pooling.value = "geometric"
+    geometric = view.preview_call
+    assert geometric.pooling == "geometric"
+    assert mutation.chart.call is geometric
     assert not classify._demo.native.isHidden()  # blast-smear, mutation-demo: demonstration
     # the inspector shows a clicked cell and centres a table row's cell
     _, inspector = viewer.window.add_plugin_dock_widget(PLUGIN, "Cell inspector and overrides")

@@ -156,8 +156,20 @@ class MutationWidget(SessionDock):
         session.mutation_classifier = classifier
 
     def _settings_changed(self, *args) -> None:
-        if self.session is not None:
+        if self.slide_view is not None:
+            self.slide_view.set_call_settings(self.slide_settings())
+        elif self.session is not None:
             self.session.set_settings(self.slide_settings())
+
+    def _show_settings(self, settings: SlideCallSettings) -> None:
+        """Set the pooling controls to ``settings`` (those of the call shown)."""
+        for widget, value in (
+            (self.min_blasts, settings.min_blasts),
+            (self.pooling, settings.pooling),
+            (self.min_probability, settings.min_probability),
+        ):
+            with widget.changed.blocked():
+                widget.value = value
 
     def _colour_by_changed(self, mode: str) -> None:
         if self.session is None:
@@ -179,16 +191,20 @@ class MutationWidget(SessionDock):
 
     def on_session_changed(self) -> None:
         view, session = self.slide_view, self.session
-        if view is not None:  # a whole slide: its run's call, recounted at Classify's threshold
-            call, exact = view.slide_call, view.preview_call is None
+        if view is not None:  # a whole slide: its run's call, re-pooled from its table
+            call, exact, settings = view.slide_call, view.preview_call is None, view.call_settings
         else:
             call = session.slide_call if session is not None else None
             exact = session.exact if session is not None else True
+            settings = session.settings if session is not None else None
+        if settings is not None:  # the controls say how the call shown was pooled
+            self._show_settings(settings)
         headline, details = slide_call_text(call, exact)
         if view is not None:
             details += (
-                "\nWhole slide: the call of its tiled run, pooled from its cells table "
-                "(Predict mutation runs on fields and regions)."
+                "\nWhole slide: the call of its tiled run, re-pooled from its cells table "
+                "when the threshold, pooling or minimums change (Predict mutation runs on "
+                "fields and regions)."
             )
         self.headline.setText(headline)
         self.details.setText(details)

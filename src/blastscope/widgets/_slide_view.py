@@ -4,7 +4,8 @@ whose ``features`` are the slide's cells table, and its lazy colour and veil ove
 
 The blast threshold moves the veil (its contrast limits, nothing recomputed) and recounts the
 blasts and the slide call from the table with :mod:`blastscope.calls`, the one implementation of
-the calls, with no inference; the call is a preview (no bootstrap interval). A click on a cell
+the calls, with no inference; the Mutation dock's pooling and minimums re-pool the call from the
+same table. A recounted call is a preview (no bootstrap interval). A click on a cell
 selects its row for the inspector. Labels, edits and overrides of a whole slide stay with the
 command line (the docks say so): a view is kept per layer, by its ``unique_id``, and ends when
 the layer leaves the viewer.
@@ -139,10 +140,31 @@ class TiledResultView:
         features = self.layer.features
         features["blast_call"] = blast_call
         features["is_blast"] = is_blast
-        if self._settings is not None and all(f"p_{name}" in features for name in self.classes):
-            columns = ["is_nucleated", "is_blast", *(f"p_{name}" for name in self.classes)]
-            self.preview_call = self._settings.call(features[columns], self.classes, n_bootstrap=1)
+        self._pool_call()
         self.changed.emit()
+
+    @property
+    def call_settings(self) -> SlideCallSettings | None:
+        """How the shown call pools the blasts: the run's settings until they are changed;
+        None when the run made no call."""
+        return self._settings
+
+    def set_call_settings(self, settings: SlideCallSettings) -> None:
+        """Re-pool the slide call from the table with ``settings`` (pooling, minimum blasts,
+        minimum probability); no inference. A run that made no call has nothing to re-pool."""
+        if self._settings is None or settings == self._settings:
+            return
+        self._settings = settings
+        self._pool_call()
+        self.changed.emit()
+
+    def _pool_call(self) -> None:
+        """The preview call from the table's blast calls and mutation probabilities."""
+        features = self.layer.features
+        if self._settings is None or not all(f"p_{name}" in features for name in self.classes):
+            return
+        columns = ["is_nucleated", "is_blast", *(f"p_{name}" for name in self.classes)]
+        self.preview_call = self._settings.call(features[columns], self.classes, n_bootstrap=1)
 
     def row_of(self, label: int) -> int | None:
         """The row of ``features`` of cell ``label``, else None."""
