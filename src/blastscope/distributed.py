@@ -10,7 +10,6 @@ at a time with ``threads`` torch threads; a GPU on a worker is used (device ``au
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -144,8 +143,25 @@ def limit_malloc_arenas(count: int = MALLOC_ARENAS) -> None:
     the driver by 0.14 GB over 9 tiles, flat with two arenas (docs/benchmarks.md). glibc fixes
     the limit when a second thread first allocates, so this must run before any thread starts:
     the CLI calls it first thing, LocalCluster workers get ``MALLOC_ARENA_MAX`` instead."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count)
+    if (libc := _glibc()) is not None:
+        libc.mallopt(M_ARENA_MAX, count)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by a finished tile back to the system (glibc's ``malloc_trim``), so
+    that a long run's resident memory stays that of one tile; elsewhere nothing is done (dask
+    workers set ``MALLOC_TRIM_THRESHOLD_`` themselves)."""
+    if (libc := _glibc()) is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (``mallopt`` and ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
 
 
 def use_threads(threads: int | None) -> None:

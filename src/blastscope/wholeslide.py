@@ -37,8 +37,6 @@ one-piece run pastes its tiles), whatever order the tiles finish in.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import itertools
 import json
@@ -50,7 +48,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from blastscope.distributed import Cluster, portable_config, use_threads, worker_config
+from blastscope.distributed import (
+    Cluster,
+    portable_config,
+    release_freed_memory,
+    use_threads,
+    worker_config,
+)
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
 from blastscope.export.slide_report import THUMBNAIL_SIDE_PX, slide_report_files
@@ -266,14 +270,6 @@ def whole_slide_steps(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by a finished tile back to the system (glibc's ``malloc_trim``), so
-    that a long run's resident memory stays that of one tile; elsewhere nothing is done (dask
-    workers set ``MALLOC_TRIM_THRESHOLD_`` themselves)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 BYTES_PER_OBJECT = 1_400
