@@ -32,7 +32,7 @@ POOLINGS = ("mean", "geometric")
 DEFAULT_MIN_BLASTS = 20
 DEFAULT_MIN_PROBABILITY = 0.40
 DEFAULT_N_BOOTSTRAP = 1000
-_BOOTSTRAP_CHUNK_ELEMENTS = 4_000_000  # resampled cell indices held at a time
+_BOOTSTRAP_CHUNK_ELEMENTS = 1_000_000  # resampled cell indices held at a time (~33 MB in all)
 _LOG_FLOOR = 1e-12
 
 
