@@ -19,7 +19,7 @@ from blastscope.export.tables import read_cells_table
 from blastscope.pipeline import PipelineConfig, analyse, loaded
 from blastscope.progress import run_steps
 from blastscope.segment import SegmentationParams
-from blastscope.slide import Region, SlideError, open_slide
+from blastscope.slide import DEFAULT_TILE_PX, Region, SlideError, open_slide
 from blastscope.slide_call import call_headline
 from blastscope.synthetic import generate_field
 from blastscope.wholeslide import ID_STRIDE, survey_slide, tile_cores, whole_slide_steps
@@ -413,6 +413,9 @@ def test_cluster_options_are_checked_and_an_unreachable_scheduler_is_named(
     path, _ = slide
     assert main(["run", str(path), "--workers", "2", "--out", str(tmp_path)]) != 0
     assert "--workers applies to --tiled runs" in capsys.readouterr().err
+    slide_tile = ["run", str(path), "--slide-tile", str(DEFAULT_TILE_PX), "--out", str(tmp_path)]
+    assert main(slide_tile) != 0  # even at its default, the option is not silently ignored
+    assert "--slide-tile applies to --tiled runs" in capsys.readouterr().err
     monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1)
     argv = ["run", str(path), "--tiled", "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path)]
     assert main(argv) != 0

@@ -21,6 +21,7 @@ from blastscope import __version__
 from blastscope.errors import BlastscopeError
 from blastscope.io import PIXEL_SIZE_RANGE_UM, ImageInputError, check_pixel_size
 from blastscope.progress import progress_bars
+from blastscope.slide import DEFAULT_TILE_PX
 
 # The pipeline's defaults, repeated here so that building the parser imports none of the
 # modules that define them; tests/test_cli.py checks that they agree.
@@ -291,9 +292,9 @@ def _add_whole_slide_arguments(
     parser.add_argument(
         "--slide-tile",
         type=_whole_number(256),
-        default=2048,
+        default=None,
         metavar="PX",
-        help=f"{scope}tile side in level-0 pixels",
+        help=f"{scope}tile side in level-0 pixels (default: {DEFAULT_TILE_PX})",
     )
     parser.add_argument(
         "--no-labels",
@@ -490,7 +491,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.tiled:
         return _run_tiled(args)
     for given, option in (
-        (args.slide_tile != 2048, "--slide-tile"),
+        (args.slide_tile is not None, "--slide-tile"),
         (args.no_labels, "--no-labels"),
         (args.workers is not None, "--workers"),
         (args.threads is not None, "--threads"),
@@ -536,7 +537,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
             config,
             region=args.roi,
             pixel_size_um=args.pixel_size,
-            tile_px=args.slide_tile,
+            tile_px=args.slide_tile or DEFAULT_TILE_PX,
             cluster=workers,
             write_labels=not args.no_labels,
         )
@@ -574,7 +575,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             force=args.force,
             flag="--force",
             tiled=args.tiled,
-            tile_px=args.slide_tile,
+            tile_px=args.slide_tile or DEFAULT_TILE_PX,
             cluster=workers,
             write_labels=not args.no_labels,
         )

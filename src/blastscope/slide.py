@@ -32,6 +32,8 @@ from blastscope.io import (
 OPENSLIDE_SUFFIXES = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".svslide")
 """Scanner formats tifffile cannot read, opened through OpenSlide (the ``openslide`` extra)."""
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".ome.tif", ".ome.tiff", ".tif", ".tiff", *OPENSLIDE_SUFFIXES)
+DEFAULT_TILE_PX = 2048
+"""The tiled pipeline's tile side in level-0 pixels (``--slide-tile``), before its halo."""
 OPENSLIDE_CHUNK_PX = 1024
 """The chunk side of an OpenSlide level as a dask array (one ``read_region`` each)."""
 FIELD_LIMIT_PX = 12_000**2

@@ -64,12 +64,11 @@ from blastscope.io import ImageInputError, check_pixel_size, file_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps, run_steps
-from blastscope.slide import Region, SlideError, open_slide, slide_stem
+from blastscope.slide import DEFAULT_TILE_PX, Region, SlideError, open_slide, slide_stem
 from blastscope.slide_call import SlideCall
 
 ID_STRIDE = 2**20
 """Slide-wide cell id = tile index x ID_STRIDE + the tile's own label id."""
-DEFAULT_TILE_PX = 2048
 DEFAULT_HALO_PX = 128
 DONE_NAME = "tiles_done.json"
 LABELS_NAME = "labels.zarr"
