@@ -44,6 +44,11 @@ BAND_PX = 1024
 LEVELS = (4, 16)
 """Downsampling of the pyramid levels written below level 0."""
 
+GROWTH_FRACTION = 0.10
+GROWTH_BYTES_PER_CELL = 1024
+"""The issue's bound on peak memory from the smallest slide to the largest: this fraction of
+the smallest slide's peak plus these bytes per added cell."""
+
 
 def write_slide(path: Path, side: int, seed: int = 11) -> int:
     """A pyramidal OME-TIFF of ``side`` x ``side`` synthetic smear, written a band at a time;
@@ -208,9 +213,14 @@ def main() -> None:
             if small in by_side and large in by_side:
                 (low, low_cells), (high, high_cells) = by_side[small], by_side[large]
                 per_cell = (high - low) * 1e9 / max(1, high_cells - low_cells)
+                # the issue's bound: 10% of the smallest slide's peak plus 1 KB per added cell
+                added = high_cells - low_cells
+                allowed = GROWTH_FRACTION * low + GROWTH_BYTES_PER_CELL * added / 1e9
+                verdict = "within" if high - low <= allowed else "over"
                 print(
                     f"{name:>10}: peak {low:.2f} -> {high:.2f} GB ({high / low - 1:+.0%}), "
-                    f"{per_cell:.0f} bytes per added cell"
+                    f"{per_cell:.0f} bytes per added cell; growth {high - low:.2f} GB, "
+                    f"{verdict} the {allowed:.2f} GB that 10% + 1 KB per added cell allow"
                 )
 
 
