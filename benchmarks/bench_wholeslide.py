@@ -2,7 +2,7 @@
 pipeline, in this process and on dask LocalClusters, against the one-piece field path.
 
     xvfb-run -a nice -n 10 .venv/bin/python benchmarks/bench_wholeslide.py \\
-        [--sides 4096 10240 20480] [--tile 2048] [--repeats 3] [--one-piece-max 4096]
+        [--sides 4096 10240 20480] [--tile 1536] [--repeats 3] [--one-piece-max 4096]
 
 For each side, a synthetic smear of that many pixels is written as a pyramidal OME-TIFF tile
 by tile (bands of synthetic fields, so the writer never holds the slide). Then, each run in its
@@ -36,6 +36,7 @@ import numpy as np
 import psutil
 import tifffile
 
+from blastscope.slide import DEFAULT_TILE_PX
 from blastscope.synthetic import generate_field
 
 COMMAND = str(Path(sys.executable).parent / "blastscope")
@@ -152,7 +153,7 @@ def napari_open_seconds(path: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", type=int, nargs="+", default=[4096, 10240, 20480])
-    parser.add_argument("--tile", type=int, default=2048)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE_PX)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one-piece-max", type=int, default=4096)
     parser.add_argument("--runs", nargs="+", default=["one piece", "in process", "1x1", "2x1"])

@@ -24,8 +24,9 @@ from blastscope.errors import BlastscopeError
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 """The environment variable dask itself reads for a scheduler's address."""
 WORKER_MEMORY_BYTES = 2_500_000_000
-"""Memory a default worker is given room for: one 2,048-pixel tile with its halo, the models
-and Python (about 1.3 GB measured in benchmarks/bench_wholeslide.py, with margin)."""
+"""Memory a default worker is given room for: one tile of the default side with its halo, the
+models and Python (at most about 1.3 GB measured with 2,048-pixel tiles in
+benchmarks/bench_wholeslide.py, with margin)."""
 CONNECT_TIMEOUT_S = 10
 MALLOC_ARENAS = 2
 """glibc malloc arenas a process that analyses tiles keeps (see :func:`limit_malloc_arenas`)."""
