@@ -150,10 +150,10 @@ def test_run_tiled_from_the_command_line_streams_a_region(slide, tmp_path, capsy
     argv = ["run", str(path), "--tiled", "--roi", "0,0,512,512", "--out", str(tmp_path)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "tiles: 1 analysed, 0 from an earlier run" in printed
+    assert "(1 tiles analysed, 0 from an earlier run)" in printed
     assert (tmp_path / "slide.tiled" / "slide.json").is_file()
     assert main(argv) == 0  # everything done: the rerun reuses the tile
-    assert "tiles: 0 analysed, 1 from an earlier run" in capsys.readouterr().out
+    assert "(0 tiles analysed, 1 from an earlier run)" in capsys.readouterr().out
 
 
 def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_analysed(
@@ -180,11 +180,13 @@ def test_tiles_of_empty_glass_are_skipped_and_the_area_counts_only_what_was_anal
 
 @pytest.mark.gui
 def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
-    make_napari_viewer_proxy, slide, config, tmp_path
+    make_napari_viewer_proxy, slide, config, tmp_path, monkeypatch
 ):
     from blastscope.widgets._layers import viewer_camera
     from blastscope.widgets._slide_view import tiled_result_view
-    from widget_cases import PLUGIN, notifications
+    from widget_cases import PLUGIN, isolate_settings, notifications
+
+    isolate_settings(monkeypatch, tmp_path)  # the docks' controls change: not the user's file
 
     path, field = slide
     outcome = run_steps(
@@ -264,11 +266,12 @@ def test_napari_opens_a_tiled_result_as_multiscale_labels_over_the_slide(
     assert preview is not None
     assert mutation.headline.text() == call_headline(preview, exact=False)
     assert mutation.chart.call is preview
-    # its pooling controls show the run's settings and re-pool the call from the same table
+    # its pooling controls re-pool the call from the same table, the run's other settings kept
     view = tiled_result_view(viewer, cells)
-    assert mutation.pooling.value == recorded["pooling"]
-    assert mutation.min_blasts.value == recorded["min_blasts"]
+    mutation.min_blasts.value = blasts + 2
     mutation.min_blasts.value = blasts + 1  # one more than the slide has: no call
+    assert view.call_settings.min_blasts == blasts + 1
+    assert view.call_settings.min_probability == recorded["min_probability"]
     assert view.preview_call.abstained
     assert mutation.headline.text() == call_headline(view.preview_call, exact=False)
     assert "insufficient" in mutation.headline.text().lower()
@@ -323,6 +326,9 @@ def test_other_settings_redo_every_tile_and_pool_nothing_stale(slide, config, tm
     stricter = loaded(PipelineConfig(blast_threshold=0.95))
     again = run_steps(whole_slide_steps(path, tmp_path, stricter, region=region, tile_px=TILE_PX))
     assert (again.tiles_reused, again.tiles_run) == (0, 1)  # a new threshold: redone
+    assert again.tiles_discarded == 1  # and said so
+    assert "1 tiles of an earlier run with other settings were redone" in again.tiles_text()
+    assert first.tiles_discarded == 0
     assert again.counts["cells"] == first.counts["cells"]
     assert again.counts["blasts"] <= first.counts["blasts"]
     with pytest.raises(SlideError, match="starts outside the slide"):

@@ -879,10 +879,7 @@ def _whole_slide_outcome(
         restart=force,
         write_labels=write_labels,
     )
-    notes = [
-        f"whole slide: {whole.tiles_run} tiles analysed, {whole.tiles_reused} from an earlier "
-        f"run, {whole.area_mm2:.2f} mm² analysed"
-    ]
+    notes = [f"whole slide: {whole.tiles_text()}; {whole.area_mm2:.2f} mm² analysed"]
     outputs = sorted(path for path in whole.folder.iterdir() if path.is_file())
     return SlideOutcome(slide, "done", whole.slide_call, whole.counts, outputs, notes=notes)
 

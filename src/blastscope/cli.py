@@ -546,8 +546,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
     print(
         f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "
         f"{counts['blasts']} blasts over {outcome.area_mm2:.2f} mm²; "
-        f"{call_headline(outcome.slide_call)} (tiles: {outcome.tiles_run} analysed, "
-        f"{outcome.tiles_reused} from an earlier run)"
+        f"{call_headline(outcome.slide_call)} ({outcome.tiles_text()})"
     )
     print(f"wrote {outcome.folder}")
     return 0

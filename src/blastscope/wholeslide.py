@@ -78,7 +78,8 @@ MARKER_NAME = "slide.json"
 @dataclass
 class WholeSlideOutcome:
     """What a whole-slide run made: the pooled call, counts, the area analysed (mm²), the
-    tiles analysed now and reused from an earlier run, and the output folder. Tiles of empty
+    tiles analysed now and reused from an earlier run, the output folder and the tiles of an
+    earlier run with other settings that were redone. Tiles of empty
     background (:func:`survey_slide`) are not analysed and not counted in the area."""
 
     slide_call: SlideCall | None
@@ -87,6 +88,18 @@ class WholeSlideOutcome:
     tiles_run: int
     tiles_reused: int
     folder: Path
+    tiles_discarded: int = 0
+    """Tiles an earlier run in the folder had finished with other settings (redone)."""
+
+    def tiles_text(self) -> str:
+        """The tiles in words (the CLI's line, a batch's notes)."""
+        text = f"{self.tiles_run} tiles analysed, {self.tiles_reused} from an earlier run"
+        if self.tiles_discarded:
+            text += (
+                f"; {self.tiles_discarded} tiles of an earlier run with other settings were "
+                "redone (the same input, --roi, --slide-tile, models and thresholds reuse them)"
+            )
+        return text
 
 
 def tile_cores(area: Region, tile_px: int) -> list[Region]:
@@ -178,7 +191,7 @@ def whole_slide_steps(
         yield Progress("disk", 1, 1, f"needs at most about {needed / 1e9:.2f} GB")
         # checked: from here on an earlier run's files are replaced
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
-        done = set() if restart else _done_tiles(folder, key)
+        done, discarded = (set(), 0) if restart else _done_tiles(folder, key)
         (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
         if not done:  # a first run, or other settings: nothing earlier may be pooled
             shutil.rmtree(folder / "cells", ignore_errors=True)
@@ -268,7 +281,7 @@ def whole_slide_steps(
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
-    return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder)
+    return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder, discarded)
 
 
 BYTES_PER_OBJECT = 1_400
@@ -613,15 +626,17 @@ def _pool_cells(folder: Path, tiles: list[int], parquet: Path) -> pd.DataFrame:
     return pd.concat(pooled, ignore_index=True) if pooled else pd.DataFrame()
 
 
-def _done_tiles(folder: Path, key: str) -> set[int]:
-    """The tiles an earlier run with the same input and settings finished."""
+def _done_tiles(folder: Path, key: str) -> tuple[set[int], int]:
+    """The tiles an earlier run with the same input and settings finished, and how many an
+    earlier run with other settings (input, region, tile, models, thresholds) had finished."""
     try:
         record = json.loads((folder / DONE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return set()
-    if not isinstance(record, dict) or record.get("key") != key:
-        return set()
-    return {int(index) for index in record.get("tiles", [])}
+        return set(), 0
+    if not isinstance(record, dict):
+        return set(), 0
+    tiles = {int(index) for index in record.get("tiles", [])}
+    return (tiles, 0) if record.get("key") == key else (set(), len(tiles))
 
 
 def _write_done(folder: Path, key: str, done: set[int]) -> None:

@@ -4,6 +4,9 @@ abstention), re-pooled without inference when the pooling or the minimum changes
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import partial
+
 import napari
 import numpy as np
 from magicgui.widgets import (
@@ -92,8 +95,12 @@ class MutationWidget(SessionDock):
             self.native.layout().addWidget(widget)
         self.runner = StageRunner(self.run_button, self.cancel_button, self._bar)
         self.run_button.changed.connect(self.run)
-        for widget in (self.min_blasts, self.pooling, self.min_probability):
-            widget.changed.connect(self._settings_changed)
+        for name, widget in (
+            ("min_blasts", self.min_blasts),
+            ("pooling", self.pooling),
+            ("min_probability", self.min_probability),
+        ):
+            widget.changed.connect(partial(self._settings_changed, name))
         self.colour_by.changed.connect(self._colour_by_changed)
         self.bundles.combo.changed.connect(self._update_demo)
         self.bundles.folder.changed.connect(self._update_demo)
@@ -155,21 +162,16 @@ class MutationWidget(SessionDock):
         session = show_result(self._viewer, image, result, cells)
         session.mutation_classifier = classifier
 
-    def _settings_changed(self, *args) -> None:
-        if self.slide_view is not None:
-            self.slide_view.set_call_settings(self.slide_settings())
+    def _settings_changed(self, name: str, *args) -> None:
+        """A pooling control changed: a field's call is pooled with the dock's settings; a whole
+        slide's keeps its run's settings but the one the user changed (the call's details
+        say which settings it was pooled with)."""
+        settings = self.slide_settings()
+        view = self.slide_view
+        if view is not None and view.call_settings is not None:
+            view.set_call_settings(replace(view.call_settings, **{name: getattr(settings, name)}))
         elif self.session is not None:
-            self.session.set_settings(self.slide_settings())
-
-    def _show_settings(self, settings: SlideCallSettings) -> None:
-        """Set the pooling controls to ``settings`` (those of the call shown)."""
-        for widget, value in (
-            (self.min_blasts, settings.min_blasts),
-            (self.pooling, settings.pooling),
-            (self.min_probability, settings.min_probability),
-        ):
-            with widget.changed.blocked():
-                widget.value = value
+            self.session.set_settings(settings)
 
     def _colour_by_changed(self, mode: str) -> None:
         if self.session is None:
@@ -192,13 +194,10 @@ class MutationWidget(SessionDock):
     def on_session_changed(self) -> None:
         view, session = self.slide_view, self.session
         if view is not None:  # a whole slide: its run's call, re-pooled from its table
-            call, exact, settings = view.slide_call, view.preview_call is None, view.call_settings
+            call, exact = view.slide_call, view.preview_call is None
         else:
             call = session.slide_call if session is not None else None
             exact = session.exact if session is not None else True
-            settings = session.settings if session is not None else None
-        if settings is not None:  # the controls say how the call shown was pooled
-            self._show_settings(settings)
         headline, details = slide_call_text(call, exact)
         if view is not None:
             details += (

@@ -152,7 +152,12 @@ class TiledResultView:
     def set_call_settings(self, settings: SlideCallSettings) -> None:
         """Re-pool the slide call from the table with ``settings`` (pooling, minimum blasts,
         minimum probability); no inference. A run that made no call has nothing to re-pool."""
-        if self._settings is None or settings == self._settings:
+        features = self.layer.features
+        if (
+            self._settings is None
+            or settings == self._settings
+            or not all(f"p_{name}" in features for name in self.classes)
+        ):
             return
         self._settings = settings
         self._pool_call()
