@@ -152,22 +152,22 @@ class TiledResultView:
     def set_call_settings(self, settings: SlideCallSettings) -> None:
         """Re-pool the slide call from the table with ``settings`` (pooling, minimum blasts,
         minimum probability); no inference. A run that made no call has nothing to re-pool."""
-        features = self.layer.features
-        if (
-            self._settings is None
-            or settings == self._settings
-            or not all(f"p_{name}" in features for name in self.classes)
-        ):
+        if settings == self._settings or not self._poolable():
             return
         self._settings = settings
         self._pool_call()
         self.changed.emit()
 
+    def _poolable(self) -> bool:
+        """Whether the run made a call and the table holds its classes' probabilities."""
+        features = self.layer.features
+        return self._settings is not None and all(f"p_{name}" in features for name in self.classes)
+
     def _pool_call(self) -> None:
         """The preview call from the table's blast calls and mutation probabilities."""
-        features = self.layer.features
-        if self._settings is None or not all(f"p_{name}" in features for name in self.classes):
+        if not self._poolable():
             return
+        features = self.layer.features
         columns = ["is_nucleated", "is_blast", *(f"p_{name}" for name in self.classes)]
         self.preview_call = self._settings.call(features[columns], self.classes, n_bootstrap=1)
 
