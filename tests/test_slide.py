@@ -5,6 +5,7 @@ run end to end from the command line with its GeoJSON in level-0 coordinates."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from blastscope.cli import main
 from blastscope.io import ImageInputError, read_field
 from blastscope.slide import Region, SlideError, is_whole_slide, open_slide
 from blastscope.synthetic import generate_field
+from mrxs_writer import write_mrxs
 
 TILE = {"tile": (256, 256), "photometric": "rgb", "compression": "zlib"}
 
@@ -272,13 +274,100 @@ def test_a_scanner_format_opens_through_openslide_and_reads_what_tifffile_reads(
         assert slide.levels[1].shape == (375, 525, 3)
 
 
+def test_an_mrxs_scan_starts_at_its_bounds_and_reads_what_was_not_scanned_as_glass(tmp_path):
+    """A MIRAX file's frame is larger than its scan: level 0 starts at the scanned bounds'
+    corner (OpenSlide's ``openslide.bounds-*``, QuPath's origin), and a camera field the
+    scanner skipped inside them reads as the background colour, not as black."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    frame = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)  # JPEG keeps 16-px blocks
+    skipped = (4, 2)  # (column, row) of a camera field left out inside the bounds
+    scanned = [(c, r) for c in range(2, 6) for r in range(1, 4) if (c, r) != skipped]
+    path = tmp_path / "marrow.mrxs"
+    write_mrxs(path, frame, 0.243, scanned)
+    expected = frame[256:1024, 512:1536].astype(int)  # rows 1-3, columns 2-5 of 256 px
+    expected[256:512, 512:768] = 255
+    with open_slide(path) as slide:
+        assert slide.shape == (768, 1024)  # the bounds, not the 1536 x 2048 frame
+        assert slide.pixel_size_um == pytest.approx(0.243)
+        assert slide.downsamples == [1.0, 2.0]
+        whole = slide.read_region(Region(0, 0, 1024, 768)).astype(int)
+        assert np.abs(whole - expected).max() <= 2  # JPEG, quality 95
+        part = slide.read_region(Region(300, 100, 400, 300)).astype(int)
+        assert np.abs(part - expected[100:400, 300:700]).max() <= 2
+        coarse = slide.read_region(Region(0, 0, 1024, 768), level=1).astype(int)
+        assert np.abs(coarse - expected[::2, ::2]).max() <= 2
+
+
+def test_an_mrxs_slide_is_told_apart_by_its_pixels_not_its_alike_index_file(tmp_path):
+    """Resuming a tiled run and the ids of its cells key on the input's sha256: an MRXS's
+    pixels are in its companion folder, and its ``.mrxs`` file is alike (here empty) for
+    every slide."""
+    from blastscope.io import image_sha256
+
+    frame = np.full((512, 512, 3), 200, np.uint8)
+    write_mrxs(tmp_path / "a.mrxs", frame, 0.25, [(0, 0), (1, 1)])
+    frame[:256, :256] = 90  # another scan: one camera field differs
+    write_mrxs(tmp_path / "b.mrxs", frame, 0.25, [(0, 0), (1, 1)])
+    assert (tmp_path / "a.mrxs").read_bytes() == (tmp_path / "b.mrxs").read_bytes()
+    assert image_sha256(tmp_path / "a.mrxs") != image_sha256(tmp_path / "b.mrxs")
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, frame)
+    assert image_sha256(plain) == hashlib.sha256(plain.read_bytes()).hexdigest()
+
+
+def test_an_mrxs_scan_runs_whole_and_by_region_in_its_bounds_coordinates(tmp_path, capsys):
+    """A smear field at the bounds' corner of an MRXS whose scan skipped one camera field:
+    the tiled run analyses only the field's tile (the skipped field is glass, not black), and
+    both runs put each cell where the generator drew it, in level-0 pixels from the bounds."""
+    field = generate_field(3, "default", shape=(512, 512))
+    frame = np.full((1536, 2048, 3), 255, np.uint8)
+    frame[256:768, 512:1024] = (
+        field.image
+    )  # the bounds' corner is (512, 256): columns 2-5, rows 1-3
+    scanned = [(c, r) for c in range(2, 6) for r in range(1, 4) if (c, r) != (5, 3)]
+    path = tmp_path / "marrow.mrxs"
+    write_mrxs(path, frame, field.pixel_size_um, scanned)
+
+    def centres(geojson: Path) -> np.ndarray:
+        collection = json.loads(geojson.read_text())
+        outlines = [
+            np.array(positions(feature["geometry"]))
+            for feature in collection["features"]
+            if feature["properties"].get("objectType") == "detection"
+        ]
+        assert len(outlines) > 10
+        found = np.array([outline.mean(axis=0) for outline in outlines])  # (x, y)
+        assert (found >= 0).all()
+        assert (found <= 512).all()
+        hit = field.labels[found[:, 1].astype(int), found[:, 0].astype(int)]
+        assert (hit > 0).mean() >= 0.9  # each on a cell the generator drew at that place
+        assert len(np.unique(hit[hit > 0])) >= 0.9 * len(found)
+        return found
+
+    tiled = ["run", str(path), "--tiled", "--slide-tile", "512", "--out", str(tmp_path / "t")]
+    assert main(tiled) == 0
+    assert "(1 tiles analysed, 0 from an earlier run)" in capsys.readouterr().out
+    record = json.loads((tmp_path / "t" / "marrow.tiled" / "slide.json").read_text())
+    assert record["tiles"] == {"total": 4, "analysed": 1}
+    whole = centres(tmp_path / "t" / "marrow.tiled" / "marrow.geojson")
+    region = ["run", str(path), "--roi", "0,0,512,512", "--out", str(tmp_path / "r")]
+    assert main(region) == 0
+    assert len(centres(tmp_path / "r" / "marrow" / "marrow.geojson")) == pytest.approx(
+        len(whole), abs=3
+    )
+
+
 def test_scanner_formats_without_openslide_or_their_companion_folder_say_what_to_do(
     tmp_path, monkeypatch
 ):
     path = tmp_path / "scan.mrxs"
     path.write_text("[GENERAL]\n")  # an MRXS index whose companion folder was not copied
     assert is_whole_slide(path)
-    with pytest.raises(SlideError, match="companion folder"):
+    with pytest.raises(SlideError, match=r"in the folder scan/ beside it.*Copy that folder"):
+        open_slide(path)
+    (tmp_path / "scan").mkdir()  # copied, but not its Slidedat.ini
+    with pytest.raises(SlideError, match=r"its folder scan/ were copied completely"):
         open_slide(path)
     monkeypatch.setitem(sys.modules, "openslide", None)  # as without the extra
     with pytest.raises(SlideError, match=r"pip install 'napari-blastscope\[openslide\]'"):

@@ -55,7 +55,7 @@ from blastscope.export._atomic import (
 from blastscope.export._spreadsheet import escape_text_columns
 from blastscope.export.report import report_plot_paths
 from blastscope.export.tables import sidecar_path
-from blastscope.io import ImageInputError, file_sha256, read_field
+from blastscope.io import ImageInputError, image_sha256, read_field
 from blastscope.jsonable import dumps_json, jsonable
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps, run_steps
@@ -458,7 +458,7 @@ def _field_hashes(slide: Slide) -> dict[str, str]:
         if not path.is_file():
             raise ImageInputError(f"No image file at {path}: check the path.")
         try:
-            hashes[path.name] = file_sha256(path)
+            hashes[path.name] = image_sha256(path)
         except OSError as error:
             raise ImageInputError(
                 f"Cannot read {path} ({error.strerror or error}); check that you may read it."

@@ -184,12 +184,29 @@ def _to_uint8(array: np.ndarray, notices: list[str]) -> np.ndarray:
     return np.round(array.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
 
 
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
+def companion_folder(path: str | Path) -> Path | None:
+    """The folder that holds a 3DHISTECH MRXS slide's pixels (``scan/`` beside ``scan.mrxs``:
+    ``Slidedat.ini``, ``Index.dat``, ``Data*.dat``); None for a one-file format."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix.lower() == ".mrxs" else None
+
+
+def image_sha256(path: str | Path) -> str:
+    """SHA-256 of an image's bytes, read in chunks: the file's, and for an MRXS slide then the
+    name and bytes of each file in its companion folder (by name), since its small ``.mrxs``
+    file is alike for every slide. A one-file image hashes as its bytes alone."""
+    path = Path(path)
+    folder = companion_folder(path)
+    parts = [path]
+    if folder is not None and folder.is_dir():
+        parts += sorted(item for item in folder.iterdir() if item.is_file())
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    for part in parts:
+        if part is not path:
+            digest.update(part.name.encode() + b"\0")
+        with open(part, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -212,7 +229,7 @@ def read_field(
         pixel_size_um = check_pixel_size(pixel_size_um)
     if not path.is_file():
         raise ImageInputError(f"No image file at {path}: check the path.")
-    if path.stat().st_size == 0:
+    if path.stat().st_size == 0 and companion_folder(path) is None:  # an MRXS's may be empty
         raise ImageInputError(
             f"Could not read {path.name}: the file is empty (0 bytes). Copy or export it again."
         )
@@ -261,7 +278,7 @@ def read_field(
             )
     else:
         pixel_size_um = file_pixel_size
-    return Field(image, pixel_size_um, path, file_sha256(path), notices, region)
+    return Field(image, pixel_size_um, path, image_sha256(path), notices, region)
 
 
 def _whole_slide_field(path: Path, region: Any) -> tuple[np.ndarray, float | None, list] | None:

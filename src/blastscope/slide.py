@@ -25,6 +25,7 @@ from blastscope.io import (
     PIXEL_SIZE_RANGE_UM,
     ImageInputError,
     check_pixel_size,
+    companion_folder,
     tiff_pixel_size_um,
     to_rgb_uint8,
 )
@@ -236,12 +237,19 @@ def open_with_openslide(path: str | Path) -> SlideImage:
             "not installed: pip install 'napari-blastscope[openslide]' (openslide-python and "
             "openslide-bin, LGPL), or convert the slide to OME-TIFF (e.g. bfconvert, QuPath)."
         ) from None
+    folder = companion_folder(path)
+    if folder is not None and not folder.is_dir():
+        raise SlideError(
+            f"{path.name} holds no pixels: an MRXS slide's are in the folder {folder.name}/ "
+            "beside it (Slidedat.ini, Index.dat, Data*.dat). Copy that folder with the file."
+        )
     try:
         handle = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError) as error:
         raise SlideError(
-            f"OpenSlide could not open {path.name} ({error}); an MRXS slide needs its companion "
-            "folder (same name, no suffix) beside it."
+            f"OpenSlide could not open {path.name} ({error}). Check that the file"
+            + (f" and its folder {folder.name}/ were" if folder is not None else " was")
+            + " copied completely."
         ) from None
     properties = handle.properties
     x0 = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_X, 0) or 0)
@@ -250,8 +258,9 @@ def open_with_openslide(path: str | Path) -> SlideImage:
     width = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_WIDTH, full_width) or full_width)
     height = int(properties.get(openslide.PROPERTY_NAME_BOUNDS_HEIGHT, full_height) or full_height)
     downsamples = [float(factor) for factor in handle.level_downsamples]
+    fill = _background_rgb(properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR))
     levels = [
-        _openslide_level(handle, level, (x0, y0), (width, height), factor)
+        _openslide_level(handle, level, (x0, y0), (width, height), factor, fill)
         for level, factor in enumerate(downsamples)
     ]
     size = properties.get(openslide.PROPERTY_NAME_MPP_X)
@@ -269,9 +278,21 @@ def open_with_openslide(path: str | Path) -> SlideImage:
     return SlideImage(path, levels, downsamples, pixel_size, notices, handle)
 
 
-def _openslide_level(handle: Any, level: int, origin: tuple[int, int], size, factor: float):
+def _background_rgb(hex_colour: str | None) -> np.ndarray:
+    """OpenSlide's ``openslide.background-color`` (``RRGGBB``) as RGB, white where absent."""
+    try:
+        return np.frombuffer(bytes.fromhex(hex_colour or ""), np.uint8)[:3].reshape(3)
+    except ValueError:
+        return np.full(3, 255, np.uint8)
+
+
+def _openslide_level(
+    handle: Any, level: int, origin: tuple[int, int], size, factor: float, fill: np.ndarray
+):
     """One OpenSlide level as a lazy (Y, X, 3) uint8 dask array, each chunk one
-    ``read_region`` (level-0 location from the bounds' corner, RGBA composited to RGB)."""
+    ``read_region`` (level-0 location from the bounds' corner). Its RGBA is composited over the
+    slide's background colour ``fill``, as QuPath shows it: what the scanner skipped inside the
+    bounds (transparent) reads as empty glass, not as black."""
     import dask.array as da
 
     width, height = int(size[0] // factor), int(size[1] // factor)
@@ -283,7 +304,9 @@ def _openslide_level(handle: Any, level: int, origin: tuple[int, int], size, fac
         (top, bottom), (left, right), _ = block_info[None]["array-location"]
         location = (origin[0] + int(left * factor), origin[1] + int(top * factor))
         rgba = np.asarray(handle.read_region(location, level, (right - left, bottom - top)))
-        return rgba[..., :3].copy()
+        alpha = rgba[..., 3:].astype(np.uint16)
+        blended = rgba[..., :3] * alpha + fill * (255 - alpha) + 127
+        return (blended // 255).astype(np.uint8)
 
     return da.map_blocks(read, chunks=(rows, cols, (3,)), dtype=np.uint8)
 

@@ -60,7 +60,7 @@ from blastscope.export.geojson import geojson_collection
 from blastscope.export.slide_report import THUMBNAIL_SIDE_PX, slide_report_files
 from blastscope.export.tables import read_cells_table, write_cells_table
 from blastscope.field_statistics import FieldStatistics, field_statistics, stained_pixels
-from blastscope.io import ImageInputError, check_pixel_size, file_sha256
+from blastscope.io import ImageInputError, check_pixel_size, image_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps, run_steps
@@ -163,7 +163,7 @@ def whole_slide_steps(
             )
         size = check_pixel_size(size)
         settings = {
-            "input_sha256": file_sha256(path),
+            "input_sha256": image_sha256(path),
             "region": area.as_text(),
             "tile_px": tile_px,
             "halo_px": halo_px,
