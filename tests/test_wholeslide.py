@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import warnings
 from types import SimpleNamespace
 
 import imageio.v3 as iio
@@ -477,7 +479,16 @@ def test_stopping_a_cluster_run_cancels_its_tasks_and_a_rerun_here_finishes_it(
     from blastscope.distributed import MALLOC_ARENAS, ClusterSettings, cluster
 
     path, _ = slide
-    with cluster(ClusterSettings(workers=2, threads=1)) as workers:
+    taken = socket.socket()  # dask's usual port in use, as by another run at the same time
+    with contextlib.suppress(OSError):  # or in use already
+        taken.bind(("", 8787))
+        taken.listen()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(taken)
+        warned = stack.enter_context(warnings.catch_warnings(record=True))
+        warnings.simplefilter("always")
+        workers = stack.enter_context(cluster(ClusterSettings(workers=2, threads=1)))
+        assert not [str(item.message) for item in warned if "already in use" in str(item.message)]
         # each worker process started with its malloc arenas limited (memory, see its text)
         limits = workers.client.run(lambda: os.environ.get("MALLOC_ARENA_MAX"))
         assert set(limits.values()) == {str(MALLOC_ARENAS)}

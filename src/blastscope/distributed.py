@@ -126,6 +126,9 @@ def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
         threads_per_worker=1,  # one task at a time per worker: memory holds one tile each
         processes=True,
         dashboard_address=None,
+        # no dashboard, and the scheduler's health routes on a free port: a second run at once
+        # would otherwise warn on the terminal that port 8787 is taken
+        scheduler_kwargs={"dashboard_address": ":0"},
         silence_logs=logging.ERROR,
         env={"MALLOC_ARENA_MAX": str(MALLOC_ARENAS)},  # each worker, as in this process
     )
