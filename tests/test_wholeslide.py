@@ -516,3 +516,45 @@ def test_stopping_a_cluster_run_cancels_its_tasks_and_a_rerun_here_finishes_it(
     assert (rerun.tiles_reused, rerun.tiles_run) == (1, 8)
     assert rerun.counts == tiled.counts
     np.testing.assert_array_equal(tiled_labels(rerun), tiled_labels(tiled))
+
+
+def test_the_labels_pyramid_is_an_ome_ngff_label_image_that_ome_zarr_reads(slide, tiled):
+    """NGFF metadata written by blastscope itself; ome-zarr (its reader and the spec's
+    models) only checks it here."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+    from ome_zarr_models.v05 import ImageLabel
+
+    _, field = slide
+    path = tiled.folder / "labels.zarr"
+    group = zarr.open_group(str(path), mode="r")
+    model = ImageLabel.from_zarr(group)  # raises on any departure from the 0.5 schema
+    (multiscale,) = model.ome_attributes.multiscales
+    assert [axis.name for axis in multiscale.axes] == ["y", "x"]
+    assert [str(axis.unit) for axis in multiscale.axes] == ["micrometer", "micrometer"]
+    (node,) = list(Reader(parse_url(str(path)))())
+    assert node.load(Multiscales) is not None
+    assert [level.shape for level in node.data] == [(1536, 1536), (768, 768)]
+    scales = [
+        dataset["coordinateTransformations"][0]["scale"]
+        for dataset in group.attrs["ome"]["multiscales"][0]["datasets"]
+    ]
+    size = field.pixel_size_um
+    assert scales == [pytest.approx([size, size]), pytest.approx([2 * size, 2 * size])]
+    np.testing.assert_array_equal(np.asarray(node.data[1]), tiled_labels(tiled)[::2, ::2])
+    assert group["1"].metadata.dimension_names == ("y", "x")
+
+
+def test_a_region_s_labels_are_placed_at_its_corner_of_the_slide_in_um():
+    from blastscope.wholeslide import ngff_label_attributes
+
+    attributes = ngff_label_attributes(3, 0.25, Region(x=1000, y=400, width=600, height=500))
+    datasets = attributes["ome"]["multiscales"][0]["datasets"]
+    assert [item["coordinateTransformations"][1]["translation"] for item in datasets] == [
+        [100.0, 250.0]
+    ] * 3
+    assert [item["coordinateTransformations"][0]["scale"] for item in datasets] == [
+        [0.25, 0.25],
+        [0.5, 0.5],
+        [1.0, 1.0],
+    ]

@@ -205,6 +205,7 @@ def whole_slide_steps(
                 chunks=(tile_px, tile_px),
                 dtype=labels_dtype(len(cores)),
                 fill_value=0,
+                dimension_names=LABELS_AXES,
             )
         else:
             shutil.rmtree(folder / LABELS_NAME, ignore_errors=True)
@@ -244,7 +245,7 @@ def whole_slide_steps(
     levels = 0
     if write_labels:
         yield Progress("labels pyramid", 0, 1)
-        levels = write_label_levels(folder / LABELS_NAME)
+        levels = write_label_levels(folder / LABELS_NAME, size, area)
         yield Progress("labels pyramid", 1, 1, f"{levels} levels")
     cohort_table = cells_parquet_path(out_dir, folder.stem)
     with AtomicFiles(overwrite=True) as files:
@@ -532,33 +533,71 @@ def _merge_labels(tile: TileResult, area: Region, labels) -> None:
         labels[rows, cols] = np.where(earlier, window, piece)
 
 
+LABELS_AXES = ("y", "x")
+"""The labels' dimension names, in the arrays and their OME-NGFF axes."""
 MIN_LEVEL_SIDE = 512
 """The labels pyramid halves its levels until the longer side is under this."""
 
 
-def write_label_levels(path: Path) -> int:
+def write_label_levels(path: Path, pixel_size_um: float, area: Region) -> int:
     """Add the coarser levels "1", "2", ... to the labels group at ``path`` (each every
-    second pixel of the one before, nearest: ids stay ids), chunk by chunk; returns how many
-    levels the pyramid has."""
+    second pixel of the one before, nearest: ids stay ids), chunk by chunk, and describe the
+    pyramid as an OME-NGFF 0.5 label image (:func:`ngff_label_attributes`); returns how many
+    levels it has."""
     import dask
     import dask.array as da
     import zarr
 
     group = zarr.open_group(str(path), mode="a")
-    level = da.from_zarr(group["0"])
+    full = group["0"]
+    level = da.from_zarr(full)
     index = 0
     while max(level.shape) >= 2 * MIN_LEVEL_SIDE:
         index += 1
-        level = level[::2, ::2].rechunk(group["0"].chunks)
+        level = level[::2, ::2].rechunk(full.chunks)
+        target = group.create_array(
+            str(index),
+            shape=level.shape,
+            chunks=full.chunks,
+            dtype=full.dtype,
+            fill_value=0,
+            dimension_names=LABELS_AXES,
+            overwrite=True,
+        )
         # local threads: the labels are this process's files, never a cluster's task
         with dask.config.set(scheduler="threads"):
-            level.to_zarr(str(path / str(index)), overwrite=True)
-        level = da.from_zarr(zarr.open_array(str(path / str(index)), mode="r"))
+            level.store(target, lock=False)
+        level = da.from_zarr(target)
     for stale in range(index + 1, 64):
         if str(stale) not in group:
             break
         del group[str(stale)]
+    group.attrs.put(ngff_label_attributes(index + 1, pixel_size_um, area))
     return index + 1
+
+
+def ngff_label_attributes(levels: int, pixel_size_um: float, area: Region) -> dict:
+    """The OME-NGFF 0.5 attributes of a labels pyramid of ``levels`` levels: y and x in µm,
+    level ``k`` scaled by ``2**k``, and translated to the analysed ``area``'s corner so that
+    NGFF viewers place the cells over the slide (level-0 pixel (0, 0) of the slide at 0 µm)."""
+    corner = [area.y * pixel_size_um, area.x * pixel_size_um]
+    datasets = [
+        {
+            "path": str(index),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [pixel_size_um * 2**index] * 2},
+                {"type": "translation", "translation": corner},
+            ],
+        }
+        for index in range(levels)
+    ]
+    multiscale = {
+        "name": "cells",
+        "axes": [{"name": axis, "type": "space", "unit": "micrometer"} for axis in LABELS_AXES],
+        "datasets": datasets,
+        "type": "every second pixel of the level before (nearest): ids stay ids",
+    }
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], "image-label": {}}}
 
 
 def _stream_geojson(target: Path, folder: Path, tiles: list[int]) -> None:
