@@ -558,3 +558,32 @@ def test_a_region_s_labels_are_placed_at_its_corner_of_the_slide_in_um():
         [0.5, 0.5],
         [1.0, 1.0],
     ]
+
+
+def test_a_cohort_reads_as_one_table_with_its_slide_ids_as_text_and_no_empty_slide_first(
+    slide, tiled, config, tmp_path
+):
+    """Slide ids that look like numbers keep their zeros, and a slide without cells (all
+    glass) writes no file, since a file without columns read first would hide every column of
+    the other slides from ``pandas.read_parquet``."""
+    from blastscope.wholeslide import read_cohort_cells
+
+    _, field = slide
+    glass = tmp_path / "000.ome.tif"  # sorts first
+    write_ome_pyramid(glass, np.full((1024, 1024, 3), 235, np.uint8), field.pixel_size_um)
+    empty = run_steps(whole_slide_steps(glass, tmp_path, config, tile_px=TILE_PX))
+    assert empty.counts["cells"] == 0
+    assert not (tmp_path / "cells.parquet" / "slide_id=000").exists()
+    cohort_file = tiled.folder.parent / "cells.parquet" / "slide_id=slide" / "cells.parquet"
+    for slide_id in ("001", "010"):
+        target = tmp_path / "cells.parquet" / f"slide_id={slide_id}" / "cells.parquet"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(cohort_file.read_bytes())
+    cohort = read_cohort_cells(tmp_path)
+    assert sorted(set(cohort["slide_id"])) == ["001", "010"]
+    assert len(cohort) == 2 * tiled.counts["cells"]
+    assert {"p_blast", "is_blast", "centroid_x"} <= set(cohort.columns)
+    plain = pd.read_parquet(tmp_path / "cells.parquet")  # pandas alone: columns, not ids
+    assert {"p_blast", "is_blast", "centroid_x"} <= set(plain.columns)
+    with pytest.raises(FileNotFoundError, match="written by tiled runs"):
+        read_cohort_cells(tmp_path / "nothing")

@@ -20,7 +20,8 @@ Results go to ``OUT/<slide id>.tiled/`` as they are made (a field run of the sam
 - ``<slide id>.geojson``: QuPath detections of the nucleated cells in level-0 pixels,
   streamed a tile at a time from each tile's ``cells/tile_<index>.features.json``;
 - ``OUT/cells.parquet/slide_id=<slide id>/cells.parquet``: the slide's cells, a row group per
-  tile; a cohort's slides read as one table (:data:`COHORT_TABLE`);
+  tile (none for a slide without cells); a cohort's slides read as one table
+  (:data:`COHORT_TABLE`, :func:`read_cohort_cells`);
 - ``<slide id>.report.html`` (+ PNGs): the call, counts and area, a thumbnail with the blasts
   marked and a map of blast percentages (:mod:`blastscope.export.slide_report`);
 - ``slide.json``: written last, the pooled slide call over every tile's blasts and the area
@@ -271,7 +272,7 @@ def whole_slide_steps(
             "labels_levels": levels,
             "pixel_size_um": size,
             "offset_yx": [area.y, area.x],
-            "cells_parquet": str(cohort_table),
+            "cells_parquet": str(cohort_table) if len(cells) else None,
         }
         _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
         report = slide_report_files(
@@ -282,6 +283,9 @@ def whole_slide_steps(
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
+    if not len(cells):  # no file rather than one without columns, which would hide the
+        cohort_table.unlink()  # columns of every other slide from a cohort read
+        cohort_table.parent.rmdir()
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder, discarded)
 
 
@@ -629,6 +633,22 @@ def cells_parquet_path(out_dir: str | Path, slide_id: str) -> Path:
     return target
 
 
+def read_cohort_cells(out_dir: str | Path) -> pd.DataFrame:
+    """Every whole slide's cells under ``out_dir`` (:data:`COHORT_TABLE`) as one table, with
+    ``slide_id`` kept as text: a plain ``pandas.read_parquet`` infers the partition's type from
+    the folder names, so slides ``001`` and ``002`` would come back as the numbers 1 and 2."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(pa.schema([("slide_id", pa.string())]), flavor="hive")
+    table = Path(out_dir) / COHORT_TABLE
+    if not table.is_dir():
+        raise FileNotFoundError(
+            f"No cohort table in {out_dir}: it is written by tiled runs (run --tiled, batch)."
+        )
+    return pd.read_parquet(table, partitioning=partitioning)
+
+
 POOLED_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated", "is_blast", "blast_override")
 """What the slide call, the counts and the report need of every cell (with the ``p_*``
 probabilities); the rest stays in the tile tables, so memory holds about 100 bytes a cell."""
@@ -636,8 +656,8 @@ probabilities); the rest stays in the tile tables, so memory holds about 100 byt
 
 def _pool_cells(folder: Path, tiles: list[int], parquet: Path) -> pd.DataFrame:
     """Read every tile's cells once: write them to ``parquet`` as one file, a row group per
-    tile (memory holds one tile), and return only the columns the slide's summary needs
-    (:data:`POOLED_COLUMNS`)."""
+    tile (memory holds one tile; ``parquet`` is left empty when there are no cells), and return
+    only the columns the slide's summary needs (:data:`POOLED_COLUMNS`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -657,8 +677,6 @@ def _pool_cells(folder: Path, tiles: list[int], parquet: Path) -> pd.DataFrame:
             writer.write_table(arrow)
             keep = [c for c in table.columns if c in POOLED_COLUMNS or c.startswith("p_")]
             pooled.append(table[keep])
-        if writer is None:  # no cells anywhere: an empty table
-            pq.write_table(pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), parquet)
     finally:
         if writer is not None:
             writer.close()
