@@ -455,3 +455,58 @@ def test_a_whole_slide_tile_with_ids_in_the_hundreds_of_millions_gives_the_same_
     compact = labels_geometries(labels, [1, 2, 3])
     wide = labels_geometries(sparse, [stride + 1, stride + 2, stride + 3])
     assert [wide[stride + k] for k in (1, 2, 3)] == [compact[k] for k in (1, 2, 3)]
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_simplified_outlines_stay_within_a_pixel_and_centroids_are_the_cells_centres(
+    classified, written, tmp_path
+):
+    """A whole slide's GeoJSON may draw its cells simplified or as centroids (a fraction of
+    the bytes); both stay where the cells are."""
+    result, _ = classified
+    kwargs = {"pixel_size_um": result.pixel_size_um, "image_sha256": INPUT_SHA256}
+    paths = {}
+    for shapes in ("simplified", "centroid"):
+        paths[shapes] = tmp_path / f"{shapes}.geojson"
+        write_geojson(paths[shapes], result.labels, result.cells, shapes=shapes, **kwargs)
+    outlines = _by_label(_features(written))
+    simplified = _by_label(_features(paths["simplified"]))
+    centroids = _by_label(_features(paths["centroid"]))
+    assert (
+        simplified.keys()
+        == centroids.keys()
+        == {int(label) for label in result.cells.loc[result.cells["is_nucleated"], "label"]}
+    )
+    table = result.cells.set_index("label")
+    for label, feature in simplified.items():
+        traced = shapely.geometry.shape(outlines[label]["geometry"])
+        thinned = shapely.geometry.shape(feature["geometry"])
+        assert thinned.is_valid
+        assert traced.hausdorff_distance(thinned) <= 1.0  # SIMPLIFY_TOLERANCE_PX
+        assert abs(thinned.area - traced.area) <= 0.05 * traced.area
+        corners = {tuple(point) for point in traced.exterior.coords}
+        assert {tuple(point) for point in thinned.exterior.coords} <= corners  # integers kept
+        point = centroids[label]["geometry"]
+        assert point["type"] == "Point"
+        assert "nucleusGeometry" not in centroids[label]
+        # pixel (row, col) covers [col, col+1] x [row, row+1]: its centre is at +0.5
+        expected = (table.loc[label, "centroid_x"] + 0.5, table.loc[label, "centroid_y"] + 0.5)
+        assert point["coordinates"] == pytest.approx(expected, abs=0.01)
+        assert feature["id"] == centroids[label]["id"] == outlines[label]["id"]  # same objects
+    outline_bytes = tmp_path / "outline.geojson"
+    write_geojson(outline_bytes, result.labels, result.cells, **kwargs)
+    size = outline_bytes.stat().st_size
+    assert paths["simplified"].stat().st_size < 0.7 * size
+    assert paths["centroid"].stat().st_size < 0.5 * size
+    assert json.loads(paths["centroid"].read_text())["blastscope"]["shapes"] == "centroid"
+    # read back: simplified outlines give the cells again, closely; centroids say why not
+    labels, _, _ = read_geojson(paths["simplified"])
+    for label in simplified:
+        mine, theirs = result.labels == label, labels == label
+        assert (mine & theirs).sum() / (mine | theirs).sum() >= 0.8
+    with pytest.raises(ExportError, match="none is a Polygon or MultiPolygon"):
+        read_geojson(paths["centroid"])
+    with pytest.raises(ExportError, match="choose outline, simplified, centroid"):
+        write_geojson(tmp_path / "x.geojson", result.labels, result.cells, shapes="dots", **kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import warnings
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import pandas as pd
 import pytest
 import zarr
 
+from blastscope.export import ExportError
 from blastscope.export.tables import read_cells_table
 from blastscope.pipeline import PipelineConfig, analyse, loaded
 from blastscope.progress import run_steps
@@ -587,3 +589,22 @@ def test_a_cohort_reads_as_one_table_with_its_slide_ids_as_text_and_no_empty_sli
     assert {"p_blast", "is_blast", "centroid_x"} <= set(plain.columns)
     with pytest.raises(FileNotFoundError, match="written by tiled runs"):
         read_cohort_cells(tmp_path / "nothing")
+
+
+def test_a_slide_s_geojson_as_centroids_is_rewritten_from_its_tiles_without_redoing_one(
+    slide, tiled, config, tmp_path
+):
+    path, _ = slide
+    shutil.copytree(tiled.folder, tmp_path / tiled.folder.name)
+    steps = whole_slide_steps(
+        path, tmp_path, config, tile_px=TILE_PX, halo_px=HALO_PX, geojson_shapes="centroid"
+    )
+    rerun = run_steps(steps)
+    assert (rerun.tiles_run, rerun.tiles_reused) == (0, 9)
+    features = json.loads((rerun.folder / "slide.geojson").read_text())["features"]
+    assert len(features) == tiled.counts["nucleated"]
+    assert {feature["geometry"]["type"] for feature in features} == {"Point"}
+    outlines = json.loads((tiled.folder / "slide.geojson").read_text())["features"]
+    assert [feature["id"] for feature in features] == [feature["id"] for feature in outlines]
+    with pytest.raises(ExportError, match="choose outline, simplified, centroid"):
+        run_steps(whole_slide_steps(path, tmp_path, config, geojson_shapes="dots"))

@@ -58,6 +58,7 @@ from blastscope.distributed import (
 )
 from blastscope.export._atomic import AtomicFiles
 from blastscope.export.geojson import geojson_collection
+from blastscope.export.geojson_writer import check_shapes, with_shapes
 from blastscope.export.slide_report import THUMBNAIL_SIDE_PX, slide_report_files
 from blastscope.export.tables import read_cells_table, write_cells_table
 from blastscope.field_statistics import FieldStatistics, field_statistics, stained_pixels
@@ -126,6 +127,7 @@ def whole_slide_steps(
     cluster: Cluster | None = None,
     restart: bool = False,
     write_labels: bool = True,
+    geojson_shapes: str = "outline",
 ) -> Steps[WholeSlideOutcome]:
     """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text.
 
@@ -133,14 +135,18 @@ def whole_slide_steps(
     :mod:`blastscope.distributed`), this process writing what they return; ``None`` analyses
     them here, one after another. Both give the same files. ``restart``: redo every tile,
     even those an earlier run with the same settings finished. ``write_labels`` False writes
-    no ``labels.zarr`` (tables, GeoJSON and report only). Before any tile, the disk space the
-    run may need (:func:`estimate_output_bytes`) is checked against what is free.
+    no ``labels.zarr`` (tables, GeoJSON and report only). ``geojson_shapes`` draws each cell
+    of the slide's GeoJSON as its outline, a simplified outline or its centroid
+    (:data:`~blastscope.export.geojson_writer.GEOJSON_SHAPES`; the tiles keep their outlines,
+    so a rerun with another choice redoes no tile). Before any tile, the disk space the run may
+    need (:func:`estimate_output_bytes`) is checked against what is free.
     """
     import zarr
 
     path = Path(path)
     if tile_px < 256 or halo_px < 0:
         raise SlideError(f"tile_px must be >= 256 and halo_px >= 0, got {tile_px}, {halo_px}.")
+    check_shapes(geojson_shapes)
     config = loaded(config or PipelineConfig())
     # its own folder: a field run of the same slide (run --roi) keeps OUT/<slide id>/
     folder = Path(out_dir) / f"{slide_stem(path)}.tiled"
@@ -274,7 +280,9 @@ def whole_slide_steps(
             "offset_yx": [area.y, area.x],
             "cells_parquet": str(cohort_table) if len(cells) else None,
         }
-        _stream_geojson(files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done))
+        _stream_geojson(
+            files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done), geojson_shapes
+        )
         report = slide_report_files(
             folder, folder.stem, record, cells, thumbnail, thumbnail_downsample
         )
@@ -604,9 +612,9 @@ def ngff_label_attributes(levels: int, pixel_size_um: float, area: Region) -> di
     return {"ome": {"version": "0.5", "multiscales": [multiscale], "image-label": {}}}
 
 
-def _stream_geojson(target: Path, folder: Path, tiles: list[int]) -> None:
-    """One QuPath FeatureCollection of every tile's cells (level-0 pixels), written a tile at
-    a time: memory holds one tile's features, whatever the slide's size."""
+def _stream_geojson(target: Path, folder: Path, tiles: list[int], shapes: str) -> None:
+    """One QuPath FeatureCollection of every tile's cells (level-0 pixels) drawn as ``shapes``,
+    written a tile at a time: memory holds one tile's features, whatever the slide's size."""
     with open(target, "w", encoding="utf-8") as out:
         out.write('{"type":"FeatureCollection","features":[')
         first = True
@@ -615,6 +623,7 @@ def _stream_geojson(target: Path, folder: Path, tiles: list[int]) -> None:
             if not path.is_file():
                 continue
             for feature in json.loads(path.read_text(encoding="utf-8")):
+                feature = with_shapes(feature, shapes)
                 out.write(("" if first else ",") + json.dumps(feature, separators=(",", ":")))
                 first = False
         out.write("]}")

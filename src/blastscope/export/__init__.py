@@ -146,6 +146,7 @@ def export_result(
     include_non_nucleated: bool = False,
     threshold: float | None = None,
     geojson_metadata: Mapping[str, Any] | None = None,
+    geojson_shapes: str = "outline",
 ) -> list[Path]:
     """Write the requested exports of one result into ``out_dir``; returns the paths written.
 
@@ -155,7 +156,9 @@ def export_result(
     cells and platelets into the GeoJSON too; ``threshold`` is the blast threshold drawn in the
     report (default: from the provenance); ``geojson_metadata`` (JSON-ready) goes into the
     GeoJSON's ``blastscope`` member (the napari Export dock records the cells layer's scale and
-    translate there). All files appear together or none does.
+    translate there); ``geojson_shapes`` draws its cells as outlines, simplified outlines or
+    centroids (:data:`~blastscope.export.geojson_writer.GEOJSON_SHAPES`). All files appear
+    together or none does.
     """
     if not isinstance(result, SlideResult):
         raise ExportError(f"result must be a SlideResult, got {type(result).__name__}.")
@@ -184,6 +187,7 @@ def export_result(
                 include_non_nucleated=include_non_nucleated,
                 provenance=provenance,
                 metadata=geojson_metadata,
+                shapes=geojson_shapes,
                 offset_yx=tuple(provenance.get("region", {}).get("offset_yx", (0, 0))),
             )
             write_collection(files, paths["geojson"], collection)

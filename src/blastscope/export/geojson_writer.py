@@ -28,7 +28,7 @@ from blastscope.export._style import (
     class_colour,
     qupath_class_name,
 )
-from blastscope.export.outlines import labels_geometries
+from blastscope.export.outlines import geometry_centroid, labels_geometries, simplified_geometry
 from blastscope.jsonable import jsonable
 from blastscope.palette import RGB
 
@@ -36,6 +36,13 @@ FORMAT_NAME = "blastscope-qupath-geojson"
 FORMAT_VERSION = 1
 METADATA_KEY = "blastscope"
 SLIDE_CALL_KIND = "slide_call"
+
+GEOJSON_SHAPES = ("outline", "simplified", "centroid")
+"""How a cell is drawn in the GeoJSON: its outline on pixel corners (QuPath draws and measures
+it), the outline thinned to within :data:`SIMPLIFY_TOLERANCE_PX`, or only its centre as a Point
+(a whole slide's million cells fit in a fraction of the bytes; no outline to edit or re-read)."""
+SIMPLIFY_TOLERANCE_PX = 1.0
+"""A simplified outline stays within this many pixels of the traced one."""
 
 UUID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/napari-blastscope/objects")
 
@@ -73,11 +80,13 @@ def geojson_collection(
     offset_yx: tuple[int, int] = (0, 0),
     provenance: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    shapes: str = "outline",
 ) -> dict[str, Any]:
     """The QuPath GeoJSON FeatureCollection (a JSON-ready dict) of a labels image and its table.
 
     Arguments as in :func:`write_geojson`.
     """
+    shapes = check_shapes(shapes)
     labels = _check_labels(labels, "labels")
     if nucleus_labels is not None:
         nucleus_labels = _check_labels(nucleus_labels, "nucleus_labels")
@@ -163,6 +172,7 @@ def geojson_collection(
             )
         )
 
+    features = [with_shapes(feature, shapes) for feature in features]
     call = slide_call_dict(slide_call)
     if call is not None:
         features.append(_slide_call_feature(call, labels.shape, offset, image_key))
@@ -176,6 +186,7 @@ def geojson_collection(
         "image_sha256": image_sha256,
         "object_type": object_type,
         "include_non_nucleated": include_non_nucleated,
+        "shapes": shapes,
         "columns": [list(spec) for spec in specs],
         "class_names": {qupath_class_name(name): name for name in canonical},
         "unmeasured_labels": unmeasured.tolist(),
@@ -185,6 +196,33 @@ def geojson_collection(
         **jsonable(metadata or {}, "metadata"),
     }
     return {"type": "FeatureCollection", METADATA_KEY: info, "features": features}
+
+
+def check_shapes(shapes: str) -> str:
+    """``shapes`` when it is one of :data:`GEOJSON_SHAPES`, else an ExportError naming them."""
+    if shapes not in GEOJSON_SHAPES:
+        raise ExportError(
+            f"GeoJSON shapes {shapes!r} is not known: choose {', '.join(GEOJSON_SHAPES)}."
+        )
+    return shapes
+
+
+def with_shapes(feature: dict[str, Any], shapes: str) -> dict[str, Any]:
+    """A cell feature drawn as ``shapes`` (:data:`GEOJSON_SHAPES`): its outline as it is, the
+    outline (and nucleus) simplified, or a Point at its centroid without a nucleus."""
+    geometry = feature.get("geometry")
+    if shapes == "outline" or geometry is None:
+        return feature
+    if shapes == "centroid":
+        reshaped = {key: value for key, value in feature.items() if key != "nucleusGeometry"}
+        x, y = geometry_centroid(geometry)
+        reshaped["geometry"] = {"type": "Point", "coordinates": [round(x, 2), round(y, 2)]}
+        return reshaped
+    reshaped = {**feature, "geometry": simplified_geometry(geometry, SIMPLIFY_TOLERANCE_PX)}
+    if feature.get("nucleusGeometry") is not None:
+        nucleus = simplified_geometry(feature["nucleusGeometry"], SIMPLIFY_TOLERANCE_PX)
+        reshaped["nucleusGeometry"] = nucleus
+    return reshaped
 
 
 def _feature(
@@ -262,6 +300,7 @@ def write_geojson(
     offset_yx: tuple[int, int] = (0, 0),
     provenance: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    shapes: str = "outline",
     overwrite: bool = False,
 ) -> Path:
     """Write the cells as a QuPath GeoJSON FeatureCollection; returns the path written.
@@ -276,6 +315,8 @@ def write_geojson(
     ``"cell"`` writes ``nucleus_labels`` (same ids) as each cell's ``nucleusGeometry`` (the
     default when they are given). ``offset_yx`` (pixels) places a tile within a larger image.
     ``provenance`` and ``metadata`` (JSON-ready) go into the collection's ``blastscope`` member.
+    ``shapes`` draws each cell as its outline, a simplified outline or its centroid
+    (:data:`GEOJSON_SHAPES`).
     """
     collection = geojson_collection(
         labels,
@@ -289,6 +330,7 @@ def write_geojson(
         offset_yx=offset_yx,
         provenance=provenance,
         metadata=metadata,
+        shapes=shapes,
     )
     with AtomicFiles(overwrite=overwrite) as files:
         write_collection(files, path, collection)

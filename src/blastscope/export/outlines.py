@@ -186,3 +186,56 @@ def _geometry(polygons: list[PolygonRings]) -> dict[str, Any]:
 def _closed(ring: np.ndarray) -> list[list[int]]:
     points = ring.tolist()
     return [*points, points[0]]
+
+
+def _rings_of(geometry: dict[str, Any]) -> list[list[np.ndarray]]:
+    """A Polygon's or MultiPolygon's rings as arrays of [x, y], per polygon (shell, holes)."""
+    polygons = geometry["coordinates"]
+    if geometry["type"] == "Polygon":
+        polygons = [polygons]
+    return [[np.asarray(ring, dtype=np.float64) for ring in rings] for rings in polygons]
+
+
+def geometry_centroid(geometry: dict[str, Any]) -> tuple[float, float]:
+    """The area centroid ``(x, y)`` of a Polygon or MultiPolygon (holes subtracted): for an
+    outline on pixel corners, the mean of its pixels' centres."""
+    total, moment_x, moment_y = 0.0, 0.0, 0.0
+    for rings in _rings_of(geometry):
+        for ring in rings:
+            x, y = ring[:-1, 0], ring[:-1, 1]
+            x_next, y_next = ring[1:, 0], ring[1:, 1]
+            cross = x * y_next - x_next * y
+            total += cross.sum() / 2
+            moment_x += ((x + x_next) * cross).sum() / 6
+            moment_y += ((y + y_next) * cross).sum() / 6
+    if total == 0:
+        first = _rings_of(geometry)[0][0]
+        return float(first[:, 0].mean()), float(first[:, 1].mean())
+    return moment_x / total, moment_y / total
+
+
+def simplified_geometry(geometry: dict[str, Any], tolerance_px: float) -> dict[str, Any]:
+    """A Polygon or MultiPolygon with each ring thinned by Douglas-Peucker to the vertices that
+    keep it within ``tolerance_px`` of the outline (a subset: corners stay integers); a hole
+    that would collapse is dropped, a shell keeps at least its first 3 distinct vertices."""
+    import cv2
+
+    polygons = []
+    for rings in _rings_of(geometry):
+        kept = []
+        for position, ring in enumerate(rings):
+            open_ring = ring[:-1].astype(np.float32).reshape(-1, 1, 2)
+            thinned = cv2.approxPolyDP(open_ring, tolerance_px, closed=True).reshape(-1, 2)
+            if len(thinned) < 3:
+                if position:  # a hole smaller than the tolerance
+                    continue
+                thinned = ring[:3]
+            kept.append(_closed(thinned.astype(np.int64) if _integral(ring) else thinned))
+        polygons.append(kept)
+    if geometry["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": polygons[0]}
+    return {"type": "MultiPolygon", "coordinates": polygons}
+
+
+def _integral(ring: np.ndarray) -> bool:
+    return bool(np.all(ring == np.round(ring)))
