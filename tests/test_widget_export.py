@@ -4,6 +4,8 @@ to do."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from blastscope.export import export_paths, read_cells_table, read_geojson
@@ -70,6 +72,16 @@ def test_export_writes_the_chosen_formats_with_the_users_calls(
     assert sidecar["provenance"]["blast"]["threshold"] == 0.9
     _, geo_cells, _ = read_geojson(targets["geojson"])
     assert geo_cells.set_index("label").loc[label, "blast_override"]
+
+    # a second export draws the cells as points, one per nucleated cell
+    widget.overwrite.value = True
+    widget.geojson_shapes.value = "centroid"
+    widget.run_button.native.click()
+    wait_for(widget, qtbot)
+    features = json.loads(targets["geojson"].read_text())["features"]
+    points = [f for f in features if f["properties"]["objectType"] == "detection"]
+    assert {f["geometry"]["type"] for f in points} == {"Point"}
+    assert len(points) == int(table["is_nucleated"].sum())
 
 
 def test_export_refusals_say_what_to_do(make_napari_viewer_proxy, tmp_path, qtbot):
