@@ -165,3 +165,59 @@ def test_a_file_that_cannot_be_read_opens_nothing_and_says_why(
         assert viewer.open(str(target), plugin=PLUGIN) == []
     assert not viewer.layers
     assert any("bad.geojson" in message and problem in message for message in messages), messages
+
+
+def test_a_tiled_run_made_with_no_labels_opens_as_points_at_its_nucleated_cells(
+    make_napari_viewer_proxy, tmp_path
+):
+    """Without labels.zarr the folder still opens: each nucleated cell of the tables a point
+    at its level-0 centre (in µm, over the slide), as wide as the cell, coloured by p_blast,
+    with its row as features; a notification says why and how to see the outlines."""
+    from blastscope.palette import p_blast_rgb
+    from blastscope.pipeline import PipelineConfig, loaded
+    from blastscope.progress import run_steps
+    from blastscope.slide import Region
+    from blastscope.synthetic import generate_field
+    from blastscope.wholeslide import whole_slide_steps
+    from test_slide import write_ome_pyramid
+
+    field = generate_field(3, "default", shape=(512, 512))
+    canvas = np.full((768, 1024, 3), np.median(field.image.reshape(-1, 3), axis=0), np.uint8)
+    canvas[256:, 512:] = field.image  # the region below sits at this corner of the slide
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, canvas, field.pixel_size_um)
+    steps = whole_slide_steps(
+        path,
+        tmp_path / "out",
+        loaded(PipelineConfig()),
+        region=Region(512, 256, 512, 512),
+        tile_px=512,
+        write_labels=False,
+    )
+    folder = run_steps(steps).folder
+    tables = [read_cells_table(table)[0] for table in sorted(folder.glob("cells/tile_*.csv"))]
+    nucleated = pd.concat(tables, ignore_index=True).query("is_nucleated")
+    assert len(nucleated) > 5
+
+    viewer = make_napari_viewer_proxy()
+    with notifications() as messages:
+        (points,) = viewer.open(str(folder), plugin=PLUGIN)
+    assert type(points).__name__ == "Points"
+    assert points.name == "slide.tiled cells"
+    size = field.pixel_size_um
+    assert tuple(points.scale) == pytest.approx((size, size))
+    centres = nucleated[["centroid_y", "centroid_x"]].to_numpy()
+    np.testing.assert_allclose(points.data, centres)  # level-0 pixels of the slide
+    hit = field.labels[tuple((centres - (256, 512)).astype(int).T)]
+    assert (hit > 0).mean() >= 0.9  # each on a cell the generator drew there
+    assert points.features["label"].tolist() == nucleated["label"].tolist()
+    np.testing.assert_allclose(points.size, nucleated["diameter_um"] / size)
+    np.testing.assert_allclose(
+        points.face_color[:, :3], p_blast_rgb(nucleated["p_blast"].to_numpy()) / 255
+    )
+    assert any(
+        "slide.tiled was run with --no-labels" in message
+        and f"its {len(nucleated)} nucleated cells show as points" in message
+        and "without --no-labels" in message
+        for message in messages
+    ), messages

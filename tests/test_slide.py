@@ -8,6 +8,7 @@ import gc
 import hashlib
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -40,16 +41,20 @@ def write_ome_pyramid(path: Path, image: np.ndarray, pixel_size_um: float, level
             tiff.write(image[::step, ::step], subfiletype=1, **TILE)
 
 
-def write_svs(path: Path, image: np.ndarray, mpp: float) -> None:
+def write_svs(path: Path, image: np.ndarray, mpp: float, compression: str | int = "zlib") -> None:
     """An Aperio-style SVS as scanners lay it out: tiled baseline, a stripped thumbnail, a
-    tiled 4x level, then the label and macro images (which carry patient data)."""
+    tiled 4x level, then the label and macro images (which carry patient data). Its tiles are
+    ``compression`` at quality 70 when lossy: ``"jpeg"`` (YCbCr tiles marked RGB, as Aperio
+    writes them) or 33003 (Aperio's JPEG 2000)."""
+    codec = "J2K/YUV16" if compression == 33003 else "JPEG/RGB"
     description = (
         f"Aperio Image Library v12.0.15\r\n{image.shape[1]}x{image.shape[0]} [0,0 "
-        f"{image.shape[1]}x{image.shape[0]}] (256x256) JPEG/RGB Q=70|AppMag = 40|MPP = {mpp}"
+        f"{image.shape[1]}x{image.shape[0]}] (256x256) {codec} Q=70|AppMag = 40|MPP = {mpp}"
     )
     other = "Aperio Image Library v12.0.15"
     plain = {"metadata": None, "photometric": "rgb"}  # no tifffile shape record: a scanner's file
-    tiled = {**TILE, "metadata": None}
+    lossy = {"compressionargs": {"level": 70}} if compression != "zlib" else {}
+    tiled = {**TILE, "metadata": None, "compression": compression, **lossy}
     label = np.full((80, 120, 3), 255, np.uint8)
     with tifffile.TiffWriter(path) as tiff:
         tiff.write(image, description=description, **tiled)
@@ -57,6 +62,10 @@ def write_svs(path: Path, image: np.ndarray, mpp: float) -> None:
         tiff.write(image[::4, ::4], description=other, **tiled)
         tiff.write(label, description=f"{other}\nlabel 120x80", subfiletype=1, **plain)
         tiff.write(label, description=f"{other}\nmacro 120x80", subfiletype=9, **plain)
+    if compression == "jpeg":
+        with tifffile.TiffFile(path, mode="r+") as tiff:
+            for index in (0, 2):
+                tiff.pages[index].tags["PhotometricInterpretation"].overwrite(2)
 
 
 def positions(geometry: dict) -> list[tuple[float, float]]:
@@ -416,3 +425,157 @@ def test_a_16_bit_slide_is_scaled_alike_in_every_tile_and_its_thumbnail(tmp_path
     np.testing.assert_array_equal(bright, expected[:256, 256:])
     step = int(downsample)
     np.testing.assert_array_equal(thumbnail, expected[::step, ::step])
+
+
+@pytest.mark.parametrize("compression", ["jpeg", 33003])
+def test_jpeg_and_jpeg_2000_svs_tiles_are_decoded_through_imagecodecs(tmp_path, compression):
+    """Aperio scanners write JPEG tiles (Q=70, YCbCr marked RGB) or JPEG 2000 (33003): both
+    read through tifffile's zarr store, pixel for pixel as tifffile decodes each whole page,
+    and close to the image written."""
+    image = generate_field(3, "default", shape=(1024, 1536)).image
+    path = tmp_path / "scan.svs"
+    write_svs(path, image, 0.2520, compression)
+    with tifffile.TiffFile(path) as tiff:
+        assert tiff.pages[0].compression == (7 if compression == "jpeg" else 33003)
+        assert tiff.pages[0].photometric == 2  # RGB, as Aperio marks it
+        pages = [tiff.pages[0].asarray(), tiff.pages[2].asarray()]
+    with open_slide(path) as slide:
+        assert slide.shape == (1024, 1536)
+        assert slide.downsamples == [1.0, 4.0]
+        assert slide.pixel_size_um == pytest.approx(0.252)
+        region = Region(300, 200, 700, 500)  # across tiles, not on their grid
+        read = slide.read_region(region)
+        np.testing.assert_array_equal(read, pages[0][200:700, 300:1000])
+        np.testing.assert_array_equal(slide.read_region(region, level=1), pages[1][50:175, 75:250])
+    error = np.abs(read.astype(int) - image[200:700, 300:1000])
+    assert error.mean() < 3  # lossy, at quality 70
+
+
+def test_an_ndpi_opens_as_a_pyramid_from_its_top_left_corner_in_its_resolution_units(tmp_path):
+    """A Hamamatsu NDPI as scanners write it (tifffile takes it for one): a JPEG per level
+    with restart markers that tifffile reads as tiles 8 rows high, grouped into 256-row
+    chunks; the pixel size from its resolution tags in pixels per cm; level 0 from the
+    image's top-left corner, its offsets from the slide's centre not applied; the macro image
+    no level."""
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(blocks, 16, axis=0), 16, axis=1)  # JPEG keeps 16-px blocks
+    path = tmp_path / "marrow.ndpi"
+    write_ndpi(path, image, 0.2270, offset_nm=(1_250_000, -830_000))
+    with tifffile.TiffFile(path) as tiff:
+        assert tiff.is_ndpi
+        assert tiff.series[0].kind == "ndpi"
+        assert (tiff.pages[0].tilelength, tiff.pages[0].tilewidth) == (8, 256)
+        assert tiff.pages[0].ndpi_tags["XOffsetFromSlideCenter"] == 1_250_000
+    assert not is_whole_slide(path)
+    with open_slide(path) as slide:
+        assert slide.shape == (1536, 2048)
+        assert slide.downsamples == [1.0, 2.0, 4.0]  # not the macro image
+        assert slide.pixel_size_um == pytest.approx(0.227, abs=1e-5)  # 44,053 per cm
+        assert slide.notices == []
+        assert [level.chunksize for level in slide.levels] == [(256, 256, 3)] * 3
+        whole = slide.read_region(Region(0, 0, 2048, 1536)).astype(int)
+        assert np.abs(whole - image).max() <= 2  # JPEG, quality 95
+        part = slide.read_region(Region(300, 100, 400, 300)).astype(int)
+        assert np.abs(part - image[100:400, 300:700]).max() <= 2
+        coarse = slide.read_region(Region(300, 100, 400, 300), level=1).astype(int)
+        assert np.abs(coarse - image[::2, ::2][50:200, 150:350]).max() <= 2
+
+
+def _ndpi_jpeg(image: np.ndarray, tile_width: int = 0) -> tuple[bytes, list[int]]:
+    """``image`` as a JPEG (4:4:4, quality 95) with a restart marker every ``tile_width``
+    pixels of each 8-pixel MCU row (none for 0), and where each restart interval's data
+    starts (NDPI's McuStarts)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    restarts = {"restart_marker_blocks": tile_width // 8} if tile_width else {}
+    Image.fromarray(image).save(buffer, format="JPEG", quality=95, subsampling=0, **restarts)
+    data = buffer.getvalue()
+    scan = data.index(b"\xff\xda")
+    starts = [scan + 2 + int.from_bytes(data[scan + 2 : scan + 4], "big")]
+    starts += [
+        i + 2
+        for i in range(starts[0], len(data) - 2)
+        if data[i] == 0xFF and 0xD0 <= data[i + 1] <= 0xD7
+    ]
+    return data, starts
+
+
+def write_ndpi(
+    path: Path, image: np.ndarray, mpp: float, offset_nm: tuple[int, int], levels: int = 3
+) -> None:
+    """A Hamamatsu NDPI laid out as OpenSlide's ``misc/imhex/hamamatsu-ndpi.hexpat`` reads
+    it: a classic TIFF header with a 64-bit first-IFD offset; per IFD the 12-byte entries, a
+    64-bit next-IFD offset and a 4-byte high word per entry; one JPEG strip per pyramid level
+    (every 2nd pixel) with its McuStarts (65426), source lens (65421), offsets from the
+    slide's centre in nm (65422-65423) and resolution in pixels per cm; then a macro image
+    (source lens -1)."""
+    kinds = {3: "H", 4: "I", 5: "I", 9: "i", 11: "f"}  # SHORT, LONG, RATIONAL, SLONG, FLOAT
+    out = bytearray(b"II*\0" + bytes(8))
+    link = 4  # where the offset of the next IFD goes
+    pages = [(image[:: 2**level, :: 2**level], 40.0 / 2**level) for level in range(levels)]
+    pages.append((image[::16, ::16], -1.0))
+    for page, lens in pages:
+        jpeg, starts = _ndpi_jpeg(np.ascontiguousarray(page), 256 if lens > 0 else 0)
+        strip = len(out)
+        out += jpeg
+        per_cm = round(1e4 / (mpp * image.shape[1] / page.shape[1]))
+        entries = [
+            (256, 4, [page.shape[1]]),
+            (257, 4, [page.shape[0]]),
+            (258, 3, [8, 8, 8]),
+            (259, 3, [7]),  # JPEG
+            (262, 3, [6]),  # YCbCr
+            (271, 2, b"Hamamatsu\0"),
+            (272, 2, b"C13220\0"),
+            (273, 4, [strip]),
+            (277, 3, [3]),
+            (278, 4, [page.shape[0]]),
+            (279, 4, [len(jpeg)]),
+            (282, 5, [per_cm, 1]),
+            (283, 5, [per_cm, 1]),
+            (296, 3, [3]),  # centimetre
+            (305, 2, b"NDP.scan 3.4.0\0"),
+            (65420, 4, [1]),
+            (65421, 11, [lens]),
+            (65422, 9, [offset_nm[0]]),
+            (65423, 9, [offset_nm[1]]),
+            (65424, 9, [0]),
+            *([(65426, 4, starts)] if lens > 0 else []),
+        ]
+        fields = []
+        for code, kind, values in entries:
+            if kind == 2:
+                value, count = bytes(values), len(values)
+            else:
+                value = struct.pack(f"<{len(values)}{kinds[kind]}", *values)
+                count = len(values) // 2 if kind == 5 else len(values)
+            if len(value) > 4 or kind == 2:  # NDPI keeps even short text out of the entry
+                offset = len(out)
+                out += value
+                value = struct.pack("<I", offset)
+            fields.append(struct.pack("<HHI", code, kind, count) + value.ljust(4, b"\0"))
+        out[link : link + 8] = struct.pack("<Q", len(out))
+        out += struct.pack("<H", len(entries)) + b"".join(fields)
+        link = len(out)
+        out += bytes(8) + bytes(4 * len(entries))  # next IFD (0: the last), high words
+    path.write_bytes(bytes(out))
+
+
+def test_a_tiled_run_of_a_slide_whose_pixel_size_was_ignored_says_which_and_why(
+    slide_image, tmp_path, capsys
+):
+    """50 µm per pixel in the OME metadata (a unit slip) is ignored when read: the tiled run's
+    refusal names that value and the range, not "records no pixel size", and the fix."""
+    path = tmp_path / "slide.ome.tif"
+    write_ome_pyramid(path, slide_image, 50.0)
+    out = str(tmp_path / "out")
+    assert main(["run", str(path), "--tiled", "--workers", "0", "--out", out]) == 1
+    error = capsys.readouterr().err
+    assert "Ignored slide.ome.tif's pixel size of 50 µm per pixel: outside the 0.02-5" in error
+    assert "records no pixel size" not in error
+    assert "Give --pixel-size (µm per pixel)" in error
+    assert "not estimated tile by tile" in error

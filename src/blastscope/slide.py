@@ -7,6 +7,11 @@ Coordinates are **level-0 pixels**, (row, column) from the top-left corner of th
 full-resolution image; a region is ``Region(x, y, width, height)`` in those pixels (the order
 QuPath and OpenSlide use). For an OpenSlide file whose scan covers only part of its frame
 (MRXS, ``openslide.bounds-*``), the image starts at the bounds' corner, as QuPath shows it.
+An NDPI's level 0 starts at its image's top-left corner too: its stage offsets
+(``XOffsetFromSlideCentre``, ``YOffsetFromSlideCentre``, tags 65422-65423, nm from the glass's
+centre) are not applied, as neither OpenSlide (which keeps them as ``hamamatsu.*`` properties
+only, with no bounds) nor QuPath applies them. Its pixel size is its resolution tags' (pixels
+per centimetre).
 Only the slide's image pyramid is read: the label and macro images of scanner files (they carry
 patient identifiers) are never opened.
 """
@@ -39,6 +44,11 @@ DEFAULT_TILE_PX = 1536
 against 1.24-1.27 GB), since a tile's peak follows its area (docs/benchmarks.md)."""
 OPENSLIDE_CHUNK_PX = 1024
 """The chunk side of an OpenSlide level as a dask array (one ``read_region`` each)."""
+SLIDE_CHUNK_MIN_PX = 256
+"""The least height and width of a TIFF level's dask chunk: an NDPI's JPEG restart intervals
+(tiles 8 or 16 rows high) and thin strips are grouped into chunks this tall, since each read of
+a level pays for every chunk of the level (docs/architecture.md); 256-pixel tiles and larger
+are kept as the file has them."""
 FIELD_LIMIT_PX = 12_000**2
 """Level-0 pixels above which a file is read as a whole slide only through a region
 (``--roi``): reading it whole would take gigabytes before any check could run."""
@@ -201,14 +211,14 @@ def open_slide(path: str | Path) -> SlideImage:
     except Exception as error:
         raise SlideError(
             f"Could not open {path.name} as a TIFF slide ({type(error).__name__}: {error}); "
-            "blastscope reads pyramidal TIFF, OME-TIFF and Aperio SVS."
+            "blastscope reads pyramidal TIFF, OME-TIFF, Aperio SVS and Hamamatsu NDPI."
         ) from error
     try:
         series = tiff.series[0]  # the pyramid; SVS label and macro images are other series
         group = zarr.open(series.aszarr(), mode="r")
         keys = sorted(group.keys(), key=int) if hasattr(group, "keys") else []
         arrays = [group[key] for key in keys] or [group]
-        levels = [da.from_zarr(array) for array in arrays]
+        levels = [da.from_zarr(array, chunks=_read_chunks(array, series.axes)) for array in arrays]
         levels = [_yxc(level, series.axes) for level in levels]
         base = levels[0].shape[0]
         downsamples = [base / level.shape[0] for level in levels]
@@ -309,6 +319,17 @@ def _openslide_level(
         return (blended // 255).astype(np.uint8)
 
     return da.map_blocks(read, chunks=(rows, cols, (3,)), dtype=np.uint8)
+
+
+def _read_chunks(array: Any, axes: str) -> tuple[int, ...]:
+    """A level's dask chunks: the file's, grown along Y and X to whole multiples of at least
+    :data:`SLIDE_CHUNK_MIN_PX` (each chunk still decodes only the file's pieces it covers)."""
+    chunks = []
+    for axis, size, chunk in zip(axes[-array.ndim :], array.shape, array.chunks, strict=True):
+        if axis in "YX" and chunk < SLIDE_CHUNK_MIN_PX:
+            chunk = min(size, chunk * -(-SLIDE_CHUNK_MIN_PX // chunk))
+        chunks.append(chunk)
+    return tuple(chunks)
 
 
 def _yxc(level: Any, axes: str) -> Any:

@@ -164,9 +164,9 @@ def whole_slide_steps(
         )
         size = pixel_size_um if pixel_size_um is not None else slide.pixel_size_um
         if size is None:
-            raise SlideError(
-                f"{path.name} records no pixel size: give it (--pixel-size, µm per pixel); a "
-                "whole slide is not estimated tile by tile."
+            raise SlideError(  # the notices say why: none recorded, or an impossible one
+                " ".join(slide.notices)
+                + " A whole slide's pixel size is not estimated tile by tile."
             )
         size = check_pixel_size(size)
         settings = {

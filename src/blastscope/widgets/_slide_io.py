@@ -1,7 +1,8 @@
 """Whole slides in napari: pyramidal TIFF, OME-TIFF, Aperio SVS, NDPI and OpenSlide formats open
 as a lazy multiscale image (the pyramid's levels as dask arrays; only the tiles in view are
 decoded), placed in µm; the folder of a tiled run opens as lazy multiscale labels over it, with
-the fields' colour and threshold-veil overlays built chunk by chunk as they come into view."""
+the fields' colour and threshold-veil overlays built chunk by chunk as they come into view, or,
+run with ``--no-labels``, as points at its nucleated cells' centres."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import numpy as np
 import pandas as pd
 from napari.types import LayerDataTuple
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 
 from blastscope.calls import override_codes
 from blastscope.export.tables import read_cells_table
+from blastscope.palette import p_blast_rgb
 from blastscope.slide import SLIDE_SUFFIXES, SlideError, open_slide
 from blastscope.wholeslide import LABELS_NAME
 from blastscope.widgets._colours import (
@@ -71,26 +73,30 @@ def read_slide_layers(path: str | list[str]) -> list[LayerDataTuple]:
 
 def get_tiled_result_reader(path: str | list[str]) -> Callable[[str | list[str]], list] | None:
     """The reader of a folder written by ``blastscope run --tiled`` (``slide.json`` and
-    ``labels.zarr``), else None."""
+    ``cells/``; ``labels.zarr`` unless run with ``--no-labels``), else None."""
     if not isinstance(path, str):
         return None
     folder = Path(path)
-    if not (folder / "slide.json").is_file() or not (folder / LABELS_NAME).is_dir():
+    if not (folder / "slide.json").is_file() or not (folder / "cells").is_dir():
         return None
     return read_tiled_result_layers
 
 
 def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
     """The tiled run's cells as a lazy multiscale labels layer over the slide (µm, level-0
-    placement), with every tile's cells table as its features."""
+    placement), with every tile's cells table as its features; a run made with ``--no-labels``
+    as points (:func:`_cell_points`)."""
     import dask.array as da
     import zarr
 
     folder = Path(path if isinstance(path, str) else path[0])
+    labelled = (folder / LABELS_NAME).is_dir()
     try:
         record = json.loads((folder / "slide.json").read_text(encoding="utf-8"))
-        group = zarr.open_group(str(folder / LABELS_NAME), mode="r")
-        levels = [da.from_zarr(group[str(index)]) for index in range(record["labels_levels"])]
+        levels = []
+        if labelled:
+            group = zarr.open_group(str(folder / LABELS_NAME), mode="r")
+            levels = [da.from_zarr(group[str(index)]) for index in range(record["labels_levels"])]
         cells = [read_cells_table(table)[0] for table in sorted(folder.glob("cells/tile_*.csv"))]
         size = float(record["pixel_size_um"])
         top, left = record["offset_yx"]
@@ -100,6 +106,8 @@ def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
     tables = [table for table in cells if len(table)]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     name = f"{folder.name} cells"
+    if not labelled:
+        return [_cell_points(table, folder.name, size)]
     placement = {
         "scale": (size, size),
         "translate": (top * size, left * size),
@@ -119,6 +127,32 @@ def read_tiled_result_layers(path: str | list[str]) -> list[LayerDataTuple]:
         options["colormap"] = DirectLabelColormap(color_dict={None: (0, 0, 0, 0)})
         layers = [*_lazy_overlays(levels, table, record, name, placement), *layers]
     return layers
+
+
+def _cell_points(table: pd.DataFrame, folder_name: str, size: float) -> LayerDataTuple:
+    """A ``--no-labels`` run's nucleated cells as points at their centres (level-0 pixels,
+    scaled to µm), each as wide as its cell and coloured by p_blast (grey where unclassified),
+    the cells table as features; a notification says why and how to see the cells."""
+    cells = table[table["is_nucleated"]] if len(table) else table
+    show_info(
+        f"{folder_name} was run with --no-labels: it holds the cells table and "
+        f"the call but no cell outlines, so its {len(cells)} nucleated cells show as points at "
+        "their centres. Rerun `blastscope run SLIDE --tiled` without --no-labels to see the "
+        "cells themselves."
+    )
+    options = {
+        "name": f"{folder_name} cells",
+        "scale": (size, size),
+        "units": ("um", "um"),
+        "metadata": {"pixel_size_um": size},
+    }
+    if not len(cells):
+        return np.empty((0, 2)), options, "points"
+    p_blast = cells.get("p_blast", pd.Series(np.nan, index=cells.index))  # no blast model
+    options["size"] = cells["diameter_um"].to_numpy() / size
+    options["face_color"] = p_blast_rgb(p_blast.to_numpy()) / 255
+    options["features"] = layer_features(cells)
+    return cells[["centroid_y", "centroid_x"]].to_numpy(), options, "points"
 
 
 def _lazy_overlays(levels, table: pd.DataFrame, record: dict, name: str, placement: dict):
