@@ -79,6 +79,33 @@ def test_an_ome_tiff_field_is_named_without_its_format_suffix(tmp_path, capsys):
     assert "scan: done" in capsys.readouterr().out
 
 
+def test_run_analyses_a_whole_slide_tile_by_tile_unless_given_a_region(
+    tmp_path, monkeypatch, capsys
+):
+    """A whole slide without --roi runs tiled, taking the tiled run's options, and says so; with
+    --roi its region is a field, as before. (The limit is lowered: a 512² slide is whole.)"""
+    from test_slide import write_ome_pyramid
+
+    monkeypatch.setattr("blastscope.slide.FIELD_LIMIT_PX", 100_000)
+    field = generate_field(8, shape=(512, 512))
+    path = tmp_path / "scan.ome.tif"
+    write_ome_pyramid(path, field.image, field.pixel_size_um)
+    out = tmp_path / "out"
+    tiled = ["run", str(path), "--out", str(out), "--workers", "0", "--slide-tile", "512"]
+    assert main([*tiled, "--threads", "1", "--no-labels"]) == 0
+    printed = capsys.readouterr().out
+    assert f"scan.ome.tif is a whole slide: analysed tile by tile into {out}/scan.tiled/" in printed
+    assert "(1 tiles analysed, 0 from an earlier run)" in printed
+    assert (out / "scan.tiled" / "slide.json").is_file()
+    assert not (out / "scan.tiled" / "labels.zarr").exists()
+    region = ["run", str(path), "--out", str(out), "--roi", "0,0,384,384", "--formats", "csv"]
+    assert main(region) == 0
+    assert "scan: done" in capsys.readouterr().out
+    assert (out / "scan" / "scan_cells.csv").is_file()
+    assert main([*region, "--overwrite", "--workers", "2"]) == 1  # a region is one field
+    assert "--workers applies to --tiled runs" in capsys.readouterr().err
+
+
 def test_run_and_batch_limit_malloc_arenas_before_anything_else(monkeypatch, tmp_path, capsys):
     """glibc fixes its arena limit when a second thread first allocates: run and batch set it
     before their handler starts anything (train and the others leave it be)."""

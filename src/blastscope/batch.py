@@ -25,7 +25,7 @@ import math
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -824,13 +824,21 @@ def _submit_slides(
     options: dict[str, Any],
 ) -> dict[Slide, Any]:
     """Each slide of fields as a task on the cluster (after checking that every worker sees
-    ``out_dir``); the futures by slide."""
+    ``out_dir``), its paths absolute (a worker may run in another folder); the futures by
+    slide."""
+    out_dir = out_dir.absolute()
     check_workers_see(cluster, out_dir)
     client = cluster.client
     portable = client.scatter(portable_config(config), broadcast=True)
     return {
         slide: client.submit(
-            analyse_slide_task, slide, out_dir, portable, options, cluster.threads, pure=False
+            analyse_slide_task,
+            replace(slide, fields=tuple(path.absolute() for path in slide.fields)),
+            out_dir,
+            portable,
+            options,
+            cluster.threads,
+            pure=False,
         )
         for slide in slides
     }

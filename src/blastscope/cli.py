@@ -15,6 +15,7 @@ import importlib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from blastscope import __version__
@@ -138,10 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tiled",
         action="store_true",
-        help="stream a whole slide (or its --roi) tile by tile to OUT/<slide>.tiled/: labels.zarr, "
-        "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last",
+        help="stream a slide (or its --roi) tile by tile to OUT/<slide>.tiled/: labels.zarr, "
+        "a cells table per tile, tiles_done.json (a rerun resumes), slide.json last; a whole "
+        "slide without --roi always is",
     )
-    _add_whole_slide_arguments(run, "with --tiled: ", "with --tiled: ")
+    scope = "tiled runs (--tiled, or a whole slide without --roi): "
+    _add_whole_slide_arguments(run, scope, scope)
     run.set_defaults(handler=_cmd_run)
 
     batch = commands.add_parser(
@@ -319,15 +322,17 @@ def _add_whole_slide_arguments(
         "--scheduler",
         metavar="ADDRESS",
         help=f"{cluster_scope}run on the workers of a running dask scheduler, e.g. "
-        "tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, else a LocalCluster); workers read "
-        "the slides at the same paths (and write slides of fields into --out: share it)",
+        "tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS unless --workers is given, else a "
+        "LocalCluster); workers read the slides at the same paths (and write slides of fields "
+        "into --out: share it)",
     )
 
 
 def _cluster_settings(args: argparse.Namespace):
+    """Where tiles and slides run (refuses --workers with --scheduler before any model loads)."""
     from blastscope.distributed import ClusterSettings
 
-    return ClusterSettings(args.workers, args.threads, args.scheduler)
+    return ClusterSettings(args.workers, args.threads, args.scheduler, args.device)
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
@@ -487,8 +492,15 @@ def _region(text: str):
 def _cmd_run(args: argparse.Namespace) -> int:
     from blastscope.batch import find_slide, slide_steps
     from blastscope.progress import run_steps
+    from blastscope.slide import is_whole_slide, slide_stem
 
     if args.tiled:
+        return _run_tiled(args)
+    if args.roi is None and args.image.is_file() and is_whole_slide(args.image):
+        print(
+            f"{args.image.name} is a whole slide: analysed tile by tile into "
+            f"{args.out / slide_stem(args.image)}.tiled/ (--roi x,y,w,h for a region as a field)"
+        )
         return _run_tiled(args)
     for given, option in (
         (args.slide_tile is not None, "--slide-tile"),
@@ -498,7 +510,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         (args.scheduler is not None, "--scheduler"),
     ):
         if given:
-            raise BlastscopeError(f"{option} applies to --tiled runs: add --tiled or drop it.")
+            raise BlastscopeError(
+                f"{option} applies to --tiled runs (and whole slides without --roi): add --tiled "
+                "or drop it."
+            )
     slide = find_slide(args.image)
     if args.roi is not None and len(slide.fields) != 1:
         raise BlastscopeError(
@@ -523,14 +538,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_tiled(args: argparse.Namespace) -> int:
-    """``run --tiled``: a whole slide (or its region) tile by tile, resumable."""
+    """``run --tiled`` (or a whole slide without --roi): the slide or its region tile by tile,
+    resumable."""
     from blastscope.distributed import cluster
     from blastscope.progress import run_steps
     from blastscope.slide_call import call_headline
     from blastscope.wholeslide import whole_slide_steps
 
+    settings = _cluster_settings(args)
     config = _pipeline_config(args)
-    with cluster(_cluster_settings(args)) as workers:
+    with cluster(settings) as workers:
         steps = whole_slide_steps(
             args.image,
             args.out,
@@ -557,13 +574,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     from blastscope.distributed import cluster
     from blastscope.progress import run_steps
 
+    settings = _cluster_settings(args)
     slides = find_slides(args.source)
     config = _pipeline_config(args)
     whole = [slide for slide in slides if runs_tiled(slide, args.tiled)]
-    settings = _cluster_settings(args)
     if not whole and not (args.workers or settings.address()):
         # fields only, no cluster asked for: analysed here, one after another
-        settings = type(settings)(workers=0, threads=settings.threads)
+        settings = replace(settings, workers=0)
     with cluster(settings) as workers:
         steps = batch_steps(
             slides,

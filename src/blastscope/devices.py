@@ -1,4 +1,5 @@
-"""Choosing the torch device: ``auto`` picks cuda, then mps, then cpu."""
+"""Choosing the torch device: ``auto`` picks cuda (its device 0: each ``LocalCluster`` worker is
+shown its own GPU, :func:`blastscope.distributed.local_worker_env`), then mps, then cpu."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 class DeviceError(BlastscopeError):
     """A device was asked for that this machine does not have."""
+
+
+def cuda_device_count() -> int:
+    """The CUDA GPUs this process can use (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def available_devices() -> list[str]:

@@ -5,7 +5,9 @@ The driver (the process that runs ``blastscope run`` or ``batch``) sends tasks a
 file; workers only read the input and compute, so they need the slide files at the same paths
 (a shared file system on a cluster). Each worker process loads each model once
 (:func:`worker_config`: the bundles are cached per worker, by weights hash) and analyses one task
-at a time with ``threads`` torch threads; a GPU on a worker is used (device ``auto``).
+at a time with ``threads`` torch threads; a GPU on a worker is used (device ``auto``). On a
+machine with CUDA GPUs a ``LocalCluster`` has one worker per GPU, each shown only its own
+(:func:`local_worker_env`), as dask-cuda's workers are.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from blastscope.errors import BlastscopeError
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 """The environment variable dask itself reads for a scheduler's address."""
+CUDA_ENV = "CUDA_VISIBLE_DEVICES"
+"""The environment variable that tells CUDA which GPUs a process may use."""
 WORKER_MEMORY_BYTES = 2_500_000_000
 """Memory a default worker is given room for: one tile of the default side with its halo, the
 models and Python (at most about 1.3 GB measured with 2,048-pixel tiles in
 benchmarks/bench_wholeslide.py, with margin)."""
 CONNECT_TIMEOUT_S = 10
+WORKER_START_TIMEOUT_S = 120
+"""How long a ``LocalCluster``'s workers may take to start (a busy machine starts them slowly)."""
 MALLOC_ARENAS = 2
 """glibc malloc arenas a process that analyses tiles keeps (see :func:`limit_malloc_arenas`)."""
 M_ARENA_MAX = -8
@@ -40,18 +46,35 @@ class ClusterError(BlastscopeError):
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """How to run: ``workers`` processes (None: :func:`default_workers`; 0: in this process,
-    no cluster), ``threads`` torch threads per worker (None: the cores shared out), or the
-    running scheduler at ``scheduler`` (``tcp://HOST:PORT``; default the
-    ``DASK_SCHEDULER_ADDRESS`` environment variable), whose own workers are used."""
+    """How to run: ``workers`` processes of a ``LocalCluster`` (None: :func:`default_workers`;
+    0: in this process, no cluster), ``threads`` torch threads per worker (None: the cores
+    shared out), or the running scheduler at ``scheduler`` (``tcp://HOST:PORT``), whose own
+    workers are used. When neither ``workers`` nor ``scheduler`` is given, the
+    ``DASK_SCHEDULER_ADDRESS`` environment variable names the scheduler, if set. ``device``: the
+    torch device of the tasks (with ``auto`` or ``cuda``, a ``LocalCluster`` shares this
+    machine's GPUs out among its workers: :func:`shared_gpus`)."""
 
     workers: int | None = None
     threads: int | None = None
     scheduler: str | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.scheduler and self.workers is not None:
+            raise ClusterError(
+                f"--workers {self.workers} asks for workers on this machine and --scheduler "
+                f"{self.scheduler} for a running cluster's: give only one of them (a cluster's "
+                "workers are chosen where they start, e.g. `dask worker ADDRESS --nworkers N`)."
+            )
 
     def address(self) -> str | None:
-        """The scheduler to connect to, if any (the option, else the environment)."""
-        return self.scheduler or os.environ.get(SCHEDULER_ENV) or None
+        """The scheduler to connect to, if any: ``scheduler``, else the environment's, unless
+        ``workers`` was given (a LocalCluster, or this process)."""
+        if self.scheduler:
+            return self.scheduler
+        if self.workers is not None:
+            return None
+        return os.environ.get(SCHEDULER_ENV) or None
 
     def in_process(self) -> bool:
         """True when the work runs in this process (``workers`` 0 and no scheduler)."""
@@ -66,14 +89,39 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(threads: int = 1) -> int:
-    """Workers for a ``LocalCluster``: one per ``threads`` cores, as many as memory allows
+def default_workers(threads: int = 1, gpus: int = 0) -> int:
+    """Workers for a ``LocalCluster``: one per GPU when it shares out ``gpus`` of them
+    (dask-cuda's convention), else one per ``threads`` cores; as many as memory allows
     (:data:`WORKER_MEMORY_BYTES` each), at least one."""
     import psutil
 
-    by_cores = available_cores() // max(1, threads)
+    wanted = gpus or available_cores() // max(1, threads)
     by_memory = int(psutil.virtual_memory().available // WORKER_MEMORY_BYTES)
-    return max(1, min(by_cores, by_memory))
+    return max(1, min(wanted, by_memory))
+
+
+def shared_gpus(device: str) -> int:
+    """The CUDA GPUs a ``LocalCluster`` shares out among its workers for tasks on ``device``:
+    all this process sees for ``auto`` and ``cuda``; none for ``cuda:N`` (every worker uses that
+    one), ``cpu`` or ``mps``."""
+    if device.strip().lower() not in ("auto", "cuda"):
+        return 0
+    from blastscope.devices import cuda_device_count
+
+    return cuda_device_count()
+
+
+def local_worker_env(index: int, gpus: int) -> dict[str, str]:
+    """The environment of ``LocalCluster`` worker ``index``: glibc's arena limit (as in this
+    process) and, when it shares out ``gpus`` GPUs, GPU ``index % gpus`` of those this process
+    sees as the worker's only one (``CUDA_VISIBLE_DEVICES``), so that its ``cuda:0`` is a GPU
+    of its own. A worker of a running cluster (dask-cuda's, say) keeps the GPUs it was given."""
+    env = {"MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}
+    if gpus:
+        visible = [name.strip() for name in os.environ.get(CUDA_ENV, "").split(",")]
+        ids = [name for name in visible if name] or [str(number) for number in range(gpus)]
+        env[CUDA_ENV] = ids[index % min(gpus, len(ids))]
+    return env
 
 
 @dataclass(frozen=True)
@@ -120,23 +168,38 @@ def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
             client.close()
         return
     threads = settings.threads or 1
-    workers = settings.workers or default_workers(threads)
+    gpus = shared_gpus(settings.device)
+    workers = settings.workers or default_workers(threads, gpus)
     local = LocalCluster(
-        n_workers=workers,
+        n_workers=0,  # started below, each with an environment of its own
         threads_per_worker=1,  # one task at a time per worker: memory holds one tile each
+        memory_limit=1 / workers,  # a share of this machine's memory each
         processes=True,
         dashboard_address=None,
         # no dashboard, and the scheduler's health routes on a free port: a second run at once
         # would otherwise warn on the terminal that port 8787 is taken
         scheduler_kwargs={"dashboard_address": ":0"},
         silence_logs=logging.ERROR,
-        env={"MALLOC_ARENA_MAX": str(MALLOC_ARENAS)},  # each worker, as in this process
     )
-    client = Client(local)
+    client = None
     try:
+        for index in range(workers):
+            options = {**local.new_spec["options"], "env": local_worker_env(index, gpus)}
+            local.worker_spec[index] = {**local.new_spec, "options": options}
+        local.scale(workers)
+        client = Client(local)
+        try:
+            client.wait_for_workers(workers, timeout=WORKER_START_TIMEOUT_S)
+        except TimeoutError:
+            raise ClusterError(
+                f"The {workers} dask workers of this machine did not start within "
+                f"{WORKER_START_TIMEOUT_S} s: ask for fewer (--workers N), or run in this "
+                "process with --workers 0."
+            ) from None
         yield Cluster(client, threads)
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         local.close()
 
 

@@ -143,7 +143,7 @@ def whole_slide_steps(
     """
     import zarr
 
-    path = Path(path)
+    path = Path(path).absolute()  # as tasks name it to workers started in other folders
     if tile_px < 256 or halo_px < 0:
         raise SlideError(f"tile_px must be >= 256 and halo_px >= 0, got {tile_px}, {halo_px}.")
     check_shapes(geojson_shapes)
