@@ -92,16 +92,23 @@ def test_run_analyses_a_whole_slide_tile_by_tile_unless_given_a_region(
     write_ome_pyramid(path, field.image, field.pixel_size_um)
     out = tmp_path / "out"
     tiled = ["run", str(path), "--out", str(out), "--workers", "0", "--slide-tile", "512"]
-    assert main([*tiled, "--threads", "1", "--no-labels"]) == 0
+    assert main([*tiled, "--threads", "1", "--no-labels", "--geojson-shapes", "centroid"]) == 0
     printed = capsys.readouterr().out
     assert f"scan.ome.tif is a whole slide: analysed tile by tile into {out}/scan.tiled/" in printed
     assert "(1 tiles analysed, 0 from an earlier run)" in printed
     assert (out / "scan.tiled" / "slide.json").is_file()
     assert not (out / "scan.tiled" / "labels.zarr").exists()
+    geometries = {
+        feature["geometry"]["type"]
+        for feature in json.loads((out / "scan.tiled" / "scan.geojson").read_text())["features"]
+    }
+    assert geometries == {"Point"}  # --geojson-shapes centroid
     region = ["run", str(path), "--out", str(out), "--roi", "0,0,384,384", "--formats", "csv"]
-    assert main(region) == 0
+    assert main([*region[:-1], "csv,geojson", "--geojson-shapes", "simplified"]) == 0
     assert "scan: done" in capsys.readouterr().out
     assert (out / "scan" / "scan_cells.csv").is_file()
+    collection = json.loads((out / "scan" / "scan.geojson").read_text())
+    assert collection["blastscope"]["shapes"] == "simplified"
     assert main([*region, "--overwrite", "--workers", "2"]) == 1  # a region is one field
     assert "--workers applies to --tiled runs" in capsys.readouterr().err
 
@@ -263,6 +270,7 @@ def test_the_parser_defaults_are_the_pipeline_defaults(monkeypatch):
     assert args.tile_size == segment.SegmentationParams().tile_size
     assert args.formats == ",".join(export.DEFAULT_FORMATS)
     assert cli.ALL_FORMATS == export.ALL_FORMATS
+    assert cli.GEOJSON_SHAPES == export.geojson_writer.GEOJSON_SHAPES
     assert cli.POOLINGS == slide_call.POOLINGS
     assert cli.DEVICE_CHOICES == devices.DEVICE_CHOICES
     monkeypatch.setattr(pipeline, "loaded", lambda config: config)

@@ -53,6 +53,7 @@ from blastscope.export._atomic import (
     remove_stale_temporaries,
 )
 from blastscope.export._spreadsheet import escape_text_columns
+from blastscope.export.geojson_writer import check_shapes
 from blastscope.export.report import report_plot_paths
 from blastscope.export.tables import sidecar_path
 from blastscope.io import ImageInputError, image_sha256, read_field
@@ -257,10 +258,12 @@ def slide_settings(
     pixel_size_um: float | None,
     formats: Sequence[str],
     region: Region | None = None,
+    geojson_shapes: str = "outline",
 ) -> dict[str, Any]:
     """What a slide's outputs depend on besides its images (JSON-ready): the segmentation
     settings, the models (names and weight hashes), the blast threshold, the slide-call settings,
-    the pixel size given (µm per pixel, None = from the files) and the export formats.
+    the pixel size given (µm per pixel, None = from the files), the export formats and how the
+    GeoJSON draws the cells.
 
     The device and batch sizes are left out: they do not change the results.
     """
@@ -278,6 +281,8 @@ def slide_settings(
     }
     if region is not None:  # only then: records of whole-field runs keep their settings key
         settings["region"] = region.as_text()
+    if geojson_shapes != "outline":  # likewise: records of outline exports keep theirs
+        settings["geojson_shapes"] = geojson_shapes
     return jsonable(settings, "the slide settings")
 
 
@@ -545,10 +550,12 @@ def slide_steps(
     resume: bool = False,
     flag: str = "overwrite=True",
     region: Region | None = None,
+    geojson_shapes: str = "outline",
 ) -> Steps[SlideOutcome]:
     """Analyse every field of ``slide``, export each, pool one slide call and mark it done;
     ``region`` analyses only that rectangle of a whole slide (level-0 pixels; the GeoJSON is
-    written in level-0 coordinates).
+    written in level-0 coordinates); ``geojson_shapes`` how the GeoJSON draws the cells
+    (:data:`~blastscope.export.geojson_writer.GEOJSON_SHAPES`).
 
     Outputs go to ``out_dir/<slide_id>/``; the ``slide.json`` record (fields with their sha256,
     settings, pooled call, counts, outputs) is written last. First every field is read and the
@@ -563,7 +570,7 @@ def slide_steps(
     config = loaded(config or PipelineConfig())
     folder = slide_folder(out_dir, slide.slide_id)
     _check_field_names(slide)
-    settings = slide_settings(config, pixel_size_um, formats, region)
+    settings = slide_settings(config, pixel_size_um, formats, region, geojson_shapes)
     state = slide_state(folder, _field_hashes(slide), settings)
     if resume and not overwrite and state.up_to_date:
         return _recorded_outcome(slide, folder, state.record)
@@ -615,6 +622,7 @@ def slide_steps(
                 stem=slide_stem(path),
                 formats=formats,
                 overwrite=may_replace,
+                geojson_shapes=geojson_shapes,
             )
         except OutputExistsError as error:
             raise error.with_flag(flag) from None
@@ -693,6 +701,7 @@ def batch_steps(
     tile_px: int = DEFAULT_TILE_PX,
     cluster: Cluster | None = None,
     write_labels: bool = True,
+    geojson_shapes: str = "outline",
 ) -> Steps[list[SlideOutcome]]:
     """Run :func:`slide_steps` over ``slides``; writes ``summary.csv`` (one row per slide).
 
@@ -702,10 +711,10 @@ def batch_steps(
     messages name ``force``. A whole-slide file (:func:`runs_tiled`) is analysed tile by tile
     (:func:`blastscope.wholeslide.whole_slide_steps`, resuming its tiles; on ``cluster``'s
     workers when given) into ``OUT/<slide>.tiled/`` (without ``labels.zarr`` when not
-    ``write_labels``). With a ``cluster``, every slide of fields is one task on its workers
-    (:func:`analyse_slide_task`; they write its folder, so ``out_dir`` must be one they share,
-    which is checked first), run while the whole slides' tiles are; stopping the batch cancels
-    the slides not done.
+    ``write_labels``); ``geojson_shapes`` as in :func:`slide_steps`. With a ``cluster``,
+    every slide of fields is one task on its workers (:func:`analyse_slide_task`; they write
+    its folder, so ``out_dir`` must be one they share, which is checked first), run while the
+    whole slides' tiles are; stopping the batch cancels the slides not done.
     """
     check_formats(formats)
     out_dir = check_writable(out_dir)
@@ -717,7 +726,14 @@ def batch_steps(
         )
     remove_stale_temporaries(out_dir)
     config = loaded(config or PipelineConfig())
-    options = {"pixel_size_um": pixel_size_um, "formats": formats, "force": force, "flag": flag}
+    check_shapes(geojson_shapes)
+    options = {
+        "pixel_size_um": pixel_size_um,
+        "formats": formats,
+        "force": force,
+        "flag": flag,
+        "geojson_shapes": geojson_shapes,
+    }
     fields = [slide for slide in slides if not runs_tiled(slide, tiled)]
     tasks = {}
     if cluster is not None and fields:
@@ -765,6 +781,7 @@ def _slide_here(
                     cluster,
                     options["force"],
                     write_labels,
+                    options["geojson_shapes"],
                 )
             )
         return (yield from _field_slide_steps(slide, out_dir, config, options))
@@ -785,6 +802,7 @@ def _field_slide_steps(
             overwrite=options["force"],
             resume=True,
             flag=options["flag"],
+            geojson_shapes=options["geojson_shapes"],
         )
     )
 
@@ -875,6 +893,7 @@ def _whole_slide_outcome(
     cluster: Cluster | None,
     force: bool,
     write_labels: bool,
+    geojson_shapes: str,
 ) -> Steps[SlideOutcome]:
     """One whole slide of a batch, tile by tile; ``force`` redoes every tile."""
     whole = yield from whole_slide_steps(
@@ -886,6 +905,7 @@ def _whole_slide_outcome(
         cluster=cluster,
         restart=force,
         write_labels=write_labels,
+        geojson_shapes=geojson_shapes,
     )
     notes = [f"whole slide: {whole.tiles_text()}; {whole.area_mm2:.2f} mm² analysed"]
     outputs = sorted(path for path in whole.folder.iterdir() if path.is_file())

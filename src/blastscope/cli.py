@@ -37,6 +37,7 @@ DEFAULT_TILE_SIZE = 1024  # blastscope.segment.SegmentationParams
 MIN_TILE_SIZE = 256  # blastscope.segment.SegmentationParams.validate
 ALL_FORMATS = ("geojson", "csv", "parquet", "labels", "overlay", "report")  # blastscope.export
 DEFAULT_FORMATS = ("geojson", "csv", "labels", "overlay", "report")  # blastscope.export
+GEOJSON_SHAPES = ("outline", "simplified", "centroid")  # blastscope.export.geojson_writer
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # blastscope.devices
 
 
@@ -413,6 +414,14 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LIST",
         help=f"comma-separated, from {', '.join(ALL_FORMATS)}",
     )
+    parser.add_argument(
+        "--geojson-shapes",
+        choices=GEOJSON_SHAPES,
+        default="outline",
+        help="the GeoJSON's cells as outlines (QuPath draws, measures and reopens them), "
+        "outlines simplified to within 1 pixel (about half the bytes), or centroid points (a "
+        "whole slide's million cells in a fraction of the space)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
@@ -529,6 +538,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         flag="--overwrite",
         region=args.roi,
+        geojson_shapes=args.geojson_shapes,
     )
     outcome = run_steps(steps, progress_bars())
     code = _report([outcome], args)
@@ -557,6 +567,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
             tile_px=args.slide_tile or DEFAULT_TILE_PX,
             cluster=workers,
             write_labels=not args.no_labels,
+            geojson_shapes=args.geojson_shapes,
         )
         outcome = run_steps(steps, progress_bars())
     counts = outcome.counts
@@ -594,6 +605,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             tile_px=args.slide_tile or DEFAULT_TILE_PX,
             cluster=workers,
             write_labels=not args.no_labels,
+            geojson_shapes=args.geojson_shapes,
         )
         outcomes = run_steps(steps, progress_bars())
     code = _report(outcomes, args)
