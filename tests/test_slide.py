@@ -579,3 +579,26 @@ def test_a_tiled_run_of_a_slide_whose_pixel_size_was_ignored_says_which_and_why(
     assert "records no pixel size" not in error
     assert "Give --pixel-size (µm per pixel)" in error
     assert "not estimated tile by tile" in error
+
+
+def test_a_whole_svs_runs_and_reports_without_ever_decoding_its_label_or_macro(tmp_path):
+    """The label and macro images of a scanner file carry patient identifiers: here their
+    pixels point past the end of the file, so any read of them would fail; the tiled run, its
+    report (thumbnail, blast map) and its GeoJSON are made from the pyramid alone."""
+    field = generate_field(4, "default", shape=(1024, 1024))
+    path = tmp_path / "patient.svs"
+    write_svs(path, field.image, field.pixel_size_um)
+    beyond = path.stat().st_size + 1_000_000
+    with tifffile.TiffFile(path, mode="r+") as tiff:
+        for page in tiff.pages[3:5]:  # label, macro
+            assert "label" in page.description or "macro" in page.description
+            page.tags["StripOffsets"].overwrite(beyond)
+    with tifffile.TiffFile(path) as tiff, pytest.raises(Exception):  # noqa: B017, PT011
+        tiff.pages[3].asarray()  # reading the label now fails
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--tiled", "--workers", "0", "--slide-tile", "512", "--out", str(out)]
+    assert main(argv) == 0
+    folder = out / "patient.tiled"
+    assert (folder / "patient.report.html").stat().st_size > 10_000
+    assert (folder / "patient.thumbnail.png").is_file()
+    assert len(json.loads((folder / "patient.geojson").read_text())["features"]) > 10
