@@ -117,3 +117,34 @@ def test_each_local_worker_is_shown_its_own_gpu(monkeypatch):
     with cluster(ClusterSettings(workers=1, device="cpu")) as workers:
         (visible,) = workers.client.run(lambda: os.environ.get(CUDA_ENV)).values()
     assert visible is None  # cpu tasks: no GPU handed out
+
+
+_KEPT_ON_THE_WORKER: list = []
+"""What :func:`_loaded_model_ids` saw, kept alive so that an id cannot be reused by a new object."""
+
+
+def _loaded_model_ids(config) -> tuple[int, int, int]:
+    """On a worker: which objects its tasks analyse with (the classifiers and the segmenter)."""
+    from blastscope.distributed import worker_config
+    from blastscope.segment.loading import load_segmenter
+
+    mine = worker_config(config)
+    segmenter = load_segmenter(config.segmentation.model, config.segmentation.device)
+    models = (mine.blast_model, mine.mutation_model, segmenter)
+    _KEPT_ON_THE_WORKER.append(models)
+    return tuple(id(model) for model in models)
+
+
+def test_each_worker_loads_each_model_once_and_tasks_carry_only_their_names():
+    from blastscope.distributed import portable_config
+    from blastscope.pipeline import PipelineConfig, loaded
+
+    portable = portable_config(loaded(PipelineConfig()))
+    assert isinstance(portable.blast_model, str)  # a bundle's folder, not its weights
+    assert isinstance(portable.mutation_model, str)
+    with cluster(ClusterSettings(workers=1, threads=1)) as workers:
+        first, second = (
+            workers.client.submit(_loaded_model_ids, portable, pure=False).result()
+            for _ in range(2)
+        )
+    assert first == second  # the second task found every model loaded
