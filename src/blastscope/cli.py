@@ -418,9 +418,10 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
         "--geojson-shapes",
         choices=GEOJSON_SHAPES,
         default="outline",
-        help="the GeoJSON's cells as outlines (QuPath draws, measures and reopens them), "
-        "outlines simplified to within 1 pixel (about half the bytes), or centroid points (a "
-        "whole slide's million cells in a fraction of the space)",
+        metavar="SHAPE",
+        help="the GeoJSON's cells: outline (QuPath draws, measures and reopens them), "
+        "simplified (outlines within 1 pixel, about half the bytes) or centroid (a point each, "
+        "with its measurements)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
