@@ -93,9 +93,18 @@ def test_run_analyses_a_whole_slide_tile_by_tile_unless_given_a_region(
     out = tmp_path / "out"
     tiled = ["run", str(path), "--out", str(out), "--workers", "0", "--slide-tile", "512"]
     assert main([*tiled, "--threads", "1", "--no-labels", "--geojson-shapes", "centroid"]) == 0
-    printed = capsys.readouterr().out
-    assert f"scan.ome.tif is a whole slide: analysed tile by tile into {out}/scan.tiled/" in printed
-    assert "(1 tiles analysed, 0 from an earlier run)" in printed
+    printed = capsys.readouterr()
+    notice = f"note: scan.ome.tif is a whole slide: analysed tile by tile into {out}/scan.tiled/"
+    assert notice in printed.err
+    assert "(1 tiles analysed, 0 from an earlier run)" in printed.out
+    # --json: the summary that field runs and batches print, on stdout alone
+    assert main([*tiled, "--no-labels", "--geojson-shapes", "centroid", "--json"]) == 0
+    printed = capsys.readouterr()
+    (row,) = json.loads(printed.out)["slides"]
+    assert row["slide_id"] == "scan"
+    assert row["status"] == "done"
+    assert "0 tiles analysed, 1 from an earlier run" in row["notes"]
+    assert notice in printed.err
     assert (out / "scan.tiled" / "slide.json").is_file()
     assert not (out / "scan.tiled" / "labels.zarr").exists()
     geometries = {

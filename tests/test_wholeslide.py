@@ -328,10 +328,20 @@ def test_other_settings_redo_every_tile_and_pool_nothing_stale(slide, config, tm
     region = Region(0, 0, 512, 512)
     first = run_steps(whole_slide_steps(path, tmp_path, config, region=region, tile_px=TILE_PX))
     stricter = loaded(PipelineConfig(blast_threshold=0.95))
-    again = run_steps(whole_slide_steps(path, tmp_path, stricter, region=region, tile_px=TILE_PX))
+    # a finished run is not replaced unasked: it may be hours of work
+    with pytest.raises(
+        SlideError,
+        match=r"finished run of slide.ome.tif with other settings "
+        r"\(blast_threshold differ\): add overwrite=True to replace it",
+    ):
+        run_steps(whole_slide_steps(path, tmp_path, stricter, region=region, tile_px=TILE_PX))
+    assert (tmp_path / "slide.tiled" / "slide.json").is_file()  # untouched
+    again = run_steps(
+        whole_slide_steps(path, tmp_path, stricter, region=region, tile_px=TILE_PX, overwrite=True)
+    )
     assert (again.tiles_reused, again.tiles_run) == (0, 1)  # a new threshold: redone
     assert again.tiles_discarded == 1  # and said so
-    assert "1 tiles of an earlier run with other settings were redone" in again.tiles_text()
+    assert "1 tiles of an earlier run with other settings were discarded" in again.tiles_text()
     assert first.tiles_discarded == 0
     assert again.counts["cells"] == first.counts["cells"]
     assert again.counts["blasts"] <= first.counts["blasts"]

@@ -782,6 +782,7 @@ def _slide_here(
                     options["force"],
                     write_labels,
                     options["geojson_shapes"],
+                    options["flag"],
                 )
             )
         return (yield from _field_slide_steps(slide, out_dir, config, options))
@@ -894,8 +895,10 @@ def _whole_slide_outcome(
     force: bool,
     write_labels: bool,
     geojson_shapes: str,
+    flag: str,
 ) -> Steps[SlideOutcome]:
-    """One whole slide of a batch, tile by tile; ``force`` redoes every tile."""
+    """One whole slide of a batch, tile by tile; ``force`` (named ``flag``) redoes every tile
+    and replaces a finished run of other settings."""
     whole = yield from whole_slide_steps(
         slide.fields[0],
         out_dir,
@@ -906,6 +909,7 @@ def _whole_slide_outcome(
         restart=force,
         write_labels=write_labels,
         geojson_shapes=geojson_shapes,
+        flag=flag,
     )
     notes = [f"whole slide: {whole.tiles_text()}; {whole.area_mm2:.2f} mm² analysed"]
     outputs = sorted(path for path in whole.folder.iterdir() if path.is_file())

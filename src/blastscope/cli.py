@@ -507,9 +507,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.tiled:
         return _run_tiled(args)
     if args.roi is None and args.image.is_file() and is_whole_slide(args.image):
-        print(
-            f"{args.image.name} is a whole slide: analysed tile by tile into "
-            f"{args.out / slide_stem(args.image)}.tiled/ (--roi x,y,w,h for a region as a field)"
+        print(  # a notice, on stderr: stdout stays the result (--json)
+            f"note: {args.image.name} is a whole slide: analysed tile by tile into "
+            f"{args.out / slide_stem(args.image)}.tiled/ (--roi x,y,w,h for a region as a field)",
+            file=sys.stderr,
         )
         return _run_tiled(args)
     for given, option in (
@@ -569,8 +570,19 @@ def _run_tiled(args: argparse.Namespace) -> int:
             cluster=workers,
             write_labels=not args.no_labels,
             geojson_shapes=args.geojson_shapes,
+            overwrite=args.overwrite,
+            flag="--overwrite",
         )
         outcome = run_steps(steps, progress_bars())
+    if args.json:  # the summary batch and field runs print, one slide
+        from blastscope.batch import Slide, SlideOutcome
+        from blastscope.slide import slide_stem
+
+        notes = [outcome.tiles_text(), f"{outcome.area_mm2:.2f} mm² analysed"]
+        slide = Slide(slide_stem(args.image), (args.image,))
+        outputs = sorted(path for path in outcome.folder.iterdir() if path.is_file())
+        done = SlideOutcome(slide, "done", outcome.slide_call, outcome.counts, outputs, notes=notes)
+        return _report([done], args)
     counts = outcome.counts
     print(
         f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "

@@ -81,7 +81,7 @@ MARKER_NAME = "slide.json"
 class WholeSlideOutcome:
     """What a whole-slide run made: the pooled call, counts, the area analysed (mm²), the
     tiles analysed now and reused from an earlier run, the output folder and the tiles of an
-    earlier run with other settings that were redone. Tiles of empty
+    earlier run with other settings that were discarded. Tiles of empty
     background (:func:`survey_slide`) are not analysed and not counted in the area."""
 
     slide_call: SlideCall | None
@@ -99,7 +99,7 @@ class WholeSlideOutcome:
         if self.tiles_discarded:
             text += (
                 f"; {self.tiles_discarded} tiles of an earlier run with other settings were "
-                "redone (the same input, --roi, --slide-tile, models and thresholds reuse them)"
+                "discarded (the same input, --roi, --slide-tile, models and thresholds reuse them)"
             )
         return text
 
@@ -128,13 +128,17 @@ def whole_slide_steps(
     restart: bool = False,
     write_labels: bool = True,
     geojson_shapes: str = "outline",
+    overwrite: bool = False,
+    flag: str = "overwrite=True",
 ) -> Steps[WholeSlideOutcome]:
     """Analyse a whole slide (or ``region`` of it) tile by tile; see the module text.
 
     ``cluster``: the dask workers that analyse the tiles (each loads the models once; see
     :mod:`blastscope.distributed`), this process writing what they return; ``None`` analyses
     them here, one after another. Both give the same files. ``restart``: redo every tile,
-    even those an earlier run with the same settings finished. ``write_labels`` False writes
+    even those an earlier run with the same settings finished. A finished run of other settings
+    in the folder is replaced only with ``overwrite`` or ``restart`` (``flag`` is how the error
+    names it); an unfinished one's tiles are redone. ``write_labels`` False writes
     no ``labels.zarr`` (tables, GeoJSON and report only). ``geojson_shapes`` draws each cell
     of the slide's GeoJSON as its outline, a simplified outline or its centroid
     (:data:`~blastscope.export.geojson_writer.GEOJSON_SHAPES`; the tiles keep their outlines,
@@ -196,8 +200,10 @@ def whole_slide_steps(
                 + "."
             )
         yield Progress("disk", 1, 1, f"needs at most about {needed / 1e9:.2f} GB")
-        # checked: from here on an earlier run's files are replaced
         key = hashlib.sha256(dumps_json(settings).encode()).hexdigest()
+        if not (overwrite or restart):
+            _refuse_other_finished_run(folder, settings, key, flag)
+        # checked: from here on an earlier run's files are replaced
         done, discarded = (set(), 0) if restart else _done_tiles(folder, key)
         (folder / MARKER_NAME).unlink(missing_ok=True)  # rewritten last: absent = unfinished
         if not done:  # a first run, or other settings: nothing earlier may be pooled
@@ -690,6 +696,26 @@ def _pool_cells(folder: Path, tiles: list[int], parquet: Path) -> pd.DataFrame:
         if writer is not None:
             writer.close()
     return pd.concat(pooled, ignore_index=True) if pooled else pd.DataFrame()
+
+
+def _refuse_other_finished_run(folder: Path, settings: dict, key: str, flag: str) -> None:
+    """Raise :class:`SlideError` naming ``flag`` when ``folder`` holds a finished run whose
+    settings differ from ``settings`` (hours of work, not to be replaced unasked)."""
+    try:
+        record = json.loads((folder / MARKER_NAME).read_text(encoding="utf-8"))
+        earlier = record["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # none, or unreadable: an unfinished run, whose tiles are redone
+    if hashlib.sha256(dumps_json(earlier).encode()).hexdigest() == key:
+        return
+    changed = sorted(
+        name for name in {*settings, *earlier} if settings.get(name) != earlier.get(name)
+    )
+    raise SlideError(
+        f"{folder} holds a finished run of {record.get('slide', 'this slide')} with other "
+        f"settings ({', '.join(changed) or 'their format'} differ): add {flag} to replace it, or "
+        "choose another --out to keep both."
+    )
 
 
 def _done_tiles(folder: Path, key: str) -> tuple[set[int], int]:
