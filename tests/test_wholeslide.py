@@ -395,6 +395,16 @@ def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled
     assert main(argv) == 0  # a rerun finds every tile done
     summary = pd.read_csv(out / "summary.csv").set_index("slide_id")
     assert "0 tiles analysed, 9 from an earlier run" in summary.loc["slide", "notes"]
+    # the cohort table holds both slides, each with its own columns
+    from blastscope.wholeslide import read_cohort_cells
+
+    cohort = read_cohort_cells(out)
+    assert cohort["slide_id"].value_counts().to_dict() == {
+        "slide": tiled.counts["cells"],
+        "field": summary.loc["field", "cells"],
+    }
+    assert set(cohort.loc[cohort["slide_id"] == "field", "field"]) == {"field.png"}
+    assert cohort.loc[cohort["slide_id"] == "slide", "tile"].notna().all()
 
 
 def test_a_batch_of_fields_on_two_workers_writes_what_one_process_writes(tmp_path):
@@ -597,7 +607,7 @@ def test_a_cohort_reads_as_one_table_with_its_slide_ids_as_text_and_no_empty_sli
     assert {"p_blast", "is_blast", "centroid_x"} <= set(cohort.columns)
     plain = pd.read_parquet(tmp_path / "cells.parquet")  # pandas alone: columns, not ids
     assert {"p_blast", "is_blast", "centroid_x"} <= set(plain.columns)
-    with pytest.raises(FileNotFoundError, match="written by tiled runs"):
+    with pytest.raises(FileNotFoundError, match="run and batch write it there"):
         read_cohort_cells(tmp_path / "nothing")
 
 

@@ -69,7 +69,7 @@ from blastscope.slide import (
     slide_stem,
 )
 from blastscope.slide_call import SlideCall
-from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps
+from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps, write_cohort_cells
 
 IMAGE_SUFFIXES = (
     ".tif",
@@ -638,6 +638,15 @@ def slide_steps(
     if classes is not None:
         slide_call = config.slide_call.call(tables, classes)
     cells = pd.concat(tables, ignore_index=True)
+    field_names = [item["name"] for item in fields]
+    write_cohort_cells(
+        out_dir,
+        slide.slide_id,
+        pd.concat(
+            [t.assign(field=name) for t, name in zip(tables, field_names, strict=True)],
+            ignore_index=True,
+        ),
+    )
     counts = {
         "cells": len(cells),
         "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,

@@ -648,20 +648,45 @@ def cells_parquet_path(out_dir: str | Path, slide_id: str) -> Path:
     return target
 
 
+def write_cohort_cells(out_dir: str | Path, slide_id: str, cells: pd.DataFrame) -> Path | None:
+    """Put a slide of fields' cells (one table, a ``field`` column naming each one's file) in
+    the cohort table beside the whole slides' (:data:`COHORT_TABLE`), replacing the slide's
+    earlier rows; a slide without cells has no file there (see :func:`read_cohort_cells`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = cells_parquet_path(out_dir, slide_id)
+    if not len(cells):
+        target.unlink(missing_ok=True)
+        target.parent.rmdir()
+        return None
+    with AtomicFiles(overwrite=True) as files:
+        table = pa.Table.from_pandas(cells, preserve_index=False)
+        pq.write_table(table, files.temporary(target))
+    return target
+
+
 def read_cohort_cells(out_dir: str | Path) -> pd.DataFrame:
-    """Every whole slide's cells under ``out_dir`` (:data:`COHORT_TABLE`) as one table, with
-    ``slide_id`` kept as text: a plain ``pandas.read_parquet`` infers the partition's type from
-    the folder names, so slides ``001`` and ``002`` would come back as the numbers 1 and 2."""
+    """Every slide's cells under ``out_dir`` (:data:`COHORT_TABLE`) as one table with every
+    slide's columns, ``slide_id`` kept as text: a plain ``pandas.read_parquet`` infers the
+    partition's type from the folder names, so slides ``001`` and ``002`` would come back as the
+    numbers 1 and 2, and keeps only the columns of the first file it reads."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
     partitioning = ds.partitioning(pa.schema([("slide_id", pa.string())]), flavor="hive")
     table = Path(out_dir) / COHORT_TABLE
     if not table.is_dir():
-        raise FileNotFoundError(
-            f"No cohort table in {out_dir}: it is written by tiled runs (run --tiled, batch)."
-        )
-    return pd.read_parquet(table, partitioning=partitioning)
+        raise FileNotFoundError(f"No cohort table in {out_dir}: run and batch write it there.")
+    found = ds.dataset(table, format="parquet", partitioning=partitioning)
+    # every slide's columns (a whole slide's ``tile``, a slide of fields' ``field``), where a
+    # plain read keeps only the first file's
+    schemas = [fragment.physical_schema for fragment in found.get_fragments()]
+    if not schemas:
+        return pd.DataFrame({"slide_id": pd.Series(dtype="str")})
+    schema = pa.unify_schemas([*schemas, pa.schema([("slide_id", pa.string())])])
+    whole = ds.dataset(table, format="parquet", partitioning=partitioning, schema=schema)
+    return whole.to_table().to_pandas()
 
 
 POOLED_COLUMNS = ("label", "centroid_y", "centroid_x", "is_nucleated", "is_blast", "blast_override")
