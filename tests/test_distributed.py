@@ -52,6 +52,15 @@ def test_the_scheduler_variable_is_used_unless_workers_are_given(monkeypatch):
     assert ClusterSettings(workers=2).address() is None  # a LocalCluster of 2, not the variable
 
 
+def test_a_scheduler_without_workers_is_named_with_the_fix(monkeypatch):
+    monkeypatch.setattr(distributed, "CONNECT_TIMEOUT_S", 1)
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as bare:
+        settings = ClusterSettings(scheduler=bare.scheduler_address)
+        refused = pytest.raises(ClusterError, match=r"has no workers: start some .*`dask worker")
+        with refused, cluster(settings):
+            pass
+
+
 def test_workers_with_a_scheduler_are_refused_before_anything_is_read(tmp_path, capsys):
     with pytest.raises(ClusterError, match="give only one of them"):
         ClusterSettings(workers=2, scheduler="tcp://127.0.0.1:8786")

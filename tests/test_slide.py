@@ -134,6 +134,10 @@ def test_an_aperio_svs_reads_its_mpp_and_never_its_label_image(slide_image, tmp_
     np.testing.assert_array_equal(field.image, slide_image[20:220, 10:310])
     assert field.pixel_size_um == pytest.approx(0.252)
     assert any("Region 10,20,300,200" in notice for notice in field.notices)
+    edge = read_field(path, region=Region(2000, 1400, 500, 500))  # past the slide's corner
+    assert edge.image.shape[:2] == (100, 100)
+    assert edge.region == Region(2000, 1400, 100, 100)  # what was read, as provenance records
+    assert any("only 2000,1400,100,100 of it was read" in notice for notice in edge.notices)
 
 
 def test_regions_are_checked_with_the_fix():
@@ -375,6 +379,9 @@ def test_scanner_formats_without_openslide_or_their_companion_folder_say_what_to
     assert is_whole_slide(path)
     with pytest.raises(SlideError, match=r"in the folder scan/ beside it.*Copy that folder"):
         open_slide(path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--workers", "0", "--out", str(out)]) == 1
+    assert not (out / "scan.tiled").exists()  # a run that could not start leaves no folder
     (tmp_path / "scan").mkdir()  # copied, but not its Slidedat.ini
     with pytest.raises(SlideError, match=r"its folder scan/ were copied completely"):
         open_slide(path)

@@ -606,9 +606,9 @@ def slide_steps(
             if note not in notes:
                 notes.append(note)
         result.provenance["input_file"] = str(path)
-        if region is not None:
+        if region is not None:  # as read: cut at the slide's edge
             result.provenance["region"] = {
-                "x_y_width_height": region.as_text(),
+                "x_y_width_height": image_field.region.as_text(),
                 "offset_yx": [region.y, region.x],
                 "coordinates": "level-0 pixels of the slide",
             }

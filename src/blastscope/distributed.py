@@ -163,6 +163,14 @@ def cluster(settings: ClusterSettings) -> Iterator[Cluster | None]:
                 f"--scheduler and {SCHEDULER_ENV} to run on this machine."
             ) from None
         try:
+            try:
+                client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            except TimeoutError:
+                raise ClusterError(
+                    f"The dask scheduler at {address} has no workers: start some where the "
+                    f"slides can be read (`dask worker {address}`), or unset --scheduler and "
+                    f"{SCHEDULER_ENV} to run on this machine."
+                ) from None
             yield Cluster(client, settings.threads)
         finally:
             client.close()

@@ -153,8 +153,7 @@ def whole_slide_steps(
     check_shapes(geojson_shapes)
     config = loaded(config or PipelineConfig())
     # its own folder: a field run of the same slide (run --roi) keeps OUT/<slide id>/
-    folder = Path(out_dir) / f"{slide_stem(path)}.tiled"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(out_dir) / f"{slide_stem(path)}.tiled"  # made once the slide is checked
     with open_slide(path) as slide:
         height, width = slide.shape
         if region is not None and (region.x >= width or region.y >= height):
@@ -190,6 +189,7 @@ def whole_slide_steps(
         analysed = [core for core, kept in zip(cores, occupied, strict=True) if kept]
         analysed_px = sum(core.width * core.height for core in analysed)
         needed = estimate_output_bytes(analysed_px * size**2, write_labels)
+        folder.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(folder).free
         if needed > free:
             raise SlideError(
