@@ -173,6 +173,15 @@ def test_a_region_of_a_slide_runs_end_to_end_with_level0_coordinates(tmp_path, c
     assert points[:, 1].max() <= top + 512
     run = json.loads((folder / "slide_run.json").read_text())
     assert run["provenance"]["region"]["x_y_width_height"] == roi
+    # napari: the region's cells open in µm at their place over the slide (as the slide opens)
+    from blastscope.widgets._io import read_geojson_layers
+
+    ((labels, attributes, kind),) = read_geojson_layers(str(folder / "slide.geojson"))
+    size = field.pixel_size_um
+    assert kind == "labels"
+    assert labels.shape == (512, 512)
+    assert attributes["scale"] == pytest.approx((size, size))
+    assert attributes["translate"] == pytest.approx((top * size, left * size))
     assert run["pixel_size_um"] == pytest.approx(field.pixel_size_um)
     with pytest.raises(SystemExit):
         main(["run", str(path), "--out", str(out), "--roi", "1,2,3"])

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import imageio.v3 as iio
@@ -94,6 +95,8 @@ def test_a_tiled_run_matches_the_one_piece_run(slide, tiled, config):
     assert len(detections) == tiled.counts["nucleated"]  # QuPath gets the nucleated cells
     record = json.loads((tiled.folder / "slide.json").read_text())
     assert record["area_analysed_mm2"] == pytest.approx(1536**2 * (field.pixel_size_um / 1000) ** 2)
+    assert {"blastscope", "torch", "cellpose"} <= set(record["software"])
+    assert Path(record["cells_parquet"]).is_absolute()
     report = (tiled.folder / "slide.report.html").read_text()
     assert "Slide call: NPM1" in report
     assert f"{record['area_analysed_mm2']:.3f} mm²" in report

@@ -66,6 +66,7 @@ from blastscope.io import ImageInputError, check_pixel_size, image_sha256
 from blastscope.jsonable import dumps_json
 from blastscope.pipeline import PipelineConfig, analyse_steps, loaded
 from blastscope.progress import Progress, Steps, run_steps
+from blastscope.result import software_versions
 from blastscope.slide import DEFAULT_TILE_PX, Region, SlideError, open_slide, slide_stem
 from blastscope.slide_call import SlideCall
 
@@ -276,6 +277,7 @@ def whole_slide_steps(
         area_mm2 = analysed_px * (size / 1000.0) ** 2
         record = {
             "slide": path.name,
+            "software": software_versions(),
             "settings": settings,
             "counts": counts,
             "area_analysed_mm2": area_mm2,
@@ -284,7 +286,7 @@ def whole_slide_steps(
             "labels_levels": levels,
             "pixel_size_um": size,
             "offset_yx": [area.y, area.x],
-            "cells_parquet": str(cohort_table) if len(cells) else None,
+            "cells_parquet": str(cohort_table.absolute()) if len(cells) else None,
         }
         _stream_geojson(
             files.temporary(folder / f"{folder.stem}.geojson"), folder, sorted(done), geojson_shapes

@@ -7,7 +7,9 @@ layer's metadata (or the SlideResult kept there). napari asks before replacing a
 in its save dialog, so these writers replace files. The GeoJSON writer exports every cell (red
 cells too) and the layer's scale and translate (as the Export dock does), so that napari -> file
 -> napari gives the same layer back, over its image. A file without them (written by the CLI or
-QuPath) opens in image pixels (scale 1), and the reader says which pixel size the file holds.
+QuPath) opens in image pixels (scale 1), and the reader says which pixel size the file holds;
+one of a region of a whole slide (``blastscope run SLIDE --roi``) opens in µm at the region's
+place over the slide, as blastscope shows slides.
 
 A file the reader cannot use (malformed, empty, only points or lines) opens nothing: the reader
 shows the :class:`~blastscope.export.GeoJSONError`'s message as a napari error notification and
@@ -76,8 +78,15 @@ def _labels_layer(path: Path) -> LayerDataTuple:
             "geojson": metadata,
         },
     }
-    attributes.update(placement)
     pixel_size_um = metadata.get("pixel_size_um")
+    top, left = metadata.get("offset_yx") or (0, 0)
+    if "scale" not in placement and pixel_size_um and (top or left):
+        # a region of a whole slide, which blastscope shows in µm: the cells go over it
+        placement = {
+            "scale": (pixel_size_um, pixel_size_um),
+            "translate": (top * pixel_size_um, left * pixel_size_um),
+        }
+    attributes.update(placement)
     if "scale" not in placement and pixel_size_um:
         show_info(
             f"{path.name} holds {pixel_size_um:g} µm per pixel but not the scale its image had "
