@@ -374,7 +374,7 @@ def test_a_local_cluster_of_two_workers_writes_what_one_process_writes(slide, ti
     assert set(cohort["slide_id"]) == {"slide"}
 
 
-def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled, tmp_path):
+def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled, tmp_path, capsys):
     from blastscope.cli import main
 
     path, _ = slide
@@ -386,6 +386,7 @@ def test_a_batch_runs_a_whole_slide_and_a_field_both_on_the_cluster(slide, tiled
     out = tmp_path / "out"
     argv = ["batch", str(source), "--tiled", "--slide-tile", str(TILE_PX), "--out", str(out)]
     assert main([*argv, "--workers", "2", "--threads", "1"]) == 0
+    assert "note: running on 2 dask worker(s), scheduler tcp://" in capsys.readouterr().err
     summary = pd.read_csv(out / "summary.csv").set_index("slide_id")
     assert (summary["status"] == "done").all()
     assert summary.loc["slide", "cells"] == tiled.counts["cells"]

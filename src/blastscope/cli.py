@@ -560,6 +560,7 @@ def _run_tiled(args: argparse.Namespace) -> int:
     settings = _cluster_settings(args)
     config = _pipeline_config(args)
     with cluster(settings) as workers:
+        _say_where(workers)
         steps = whole_slide_steps(
             args.image,
             args.out,
@@ -593,6 +594,14 @@ def _run_tiled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_where(workers) -> None:
+    """A note on stderr of the dask workers the run uses (none: in this process)."""
+    if workers is not None:
+        count = len(workers.client.nthreads())
+        address = workers.client.scheduler.address
+        print(f"note: running on {count} dask worker(s), scheduler {address}", file=sys.stderr)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from blastscope.batch import SUMMARY_NAME, batch_steps, find_slides, runs_tiled
     from blastscope.distributed import cluster
@@ -606,6 +615,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         # fields only, no cluster asked for: analysed here, one after another
         settings = replace(settings, workers=0)
     with cluster(settings) as workers:
+        _say_where(workers)
         steps = batch_steps(
             slides,
             args.out,
