@@ -643,7 +643,7 @@ def slide_steps(
         out_dir,
         slide.slide_id,
         pd.concat(
-            [t.assign(field=name) for t, name in zip(tables, field_names, strict=True)],
+            [table.assign(field=name) for table, name in zip(tables, field_names, strict=True)],
             ignore_index=True,
         ),
     )

@@ -38,6 +38,7 @@ one-piece run pastes its tiles), whatever order the tiles finish in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -299,9 +300,8 @@ def whole_slide_steps(
         files.temporary(folder / MARKER_NAME).write_text(
             dumps_json(record, where="the slide record"), encoding="utf-8"
         )
-    if not len(cells):  # no file rather than one without columns, which would hide the
-        cohort_table.unlink()  # columns of every other slide from a cohort read
-        cohort_table.parent.rmdir()
+    if not len(cells):
+        _drop_cohort_file(cohort_table)
     return WholeSlideOutcome(slide_call, counts, area_mm2, run, reused, folder, discarded)
 
 
@@ -659,13 +659,20 @@ def write_cohort_cells(out_dir: str | Path, slide_id: str, cells: pd.DataFrame) 
 
     target = cells_parquet_path(out_dir, slide_id)
     if not len(cells):
-        target.unlink(missing_ok=True)
-        target.parent.rmdir()
+        _drop_cohort_file(target)
         return None
     with AtomicFiles(overwrite=True) as files:
         table = pa.Table.from_pandas(cells, preserve_index=False)
         pq.write_table(table, files.temporary(target))
     return target
+
+
+def _drop_cohort_file(target: Path) -> None:
+    """Remove a slide without cells from the cohort table: no file rather than one without
+    columns, which, read first, would hide every other slide's columns from pandas."""
+    target.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: what else is there stays
+        target.parent.rmdir()
 
 
 def read_cohort_cells(out_dir: str | Path) -> pd.DataFrame:
@@ -733,11 +740,12 @@ def _refuse_other_finished_run(folder: Path, settings: dict, key: str, flag: str
         earlier = record["settings"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # none, or unreadable: an unfinished run, whose tiles are redone
+    if not isinstance(earlier, dict):
+        return
     if hashlib.sha256(dumps_json(earlier).encode()).hexdigest() == key:
         return
-    changed = sorted(
-        name for name in {*settings, *earlier} if settings.get(name) != earlier.get(name)
-    )
+    now = json.loads(dumps_json(settings))  # as the record holds them
+    changed = sorted(name for name in {*now, *earlier} if now.get(name) != earlier.get(name))
     raise SlideError(
         f"{folder} holds a finished run of {record.get('slide', 'this slide')} with other "
         f"settings ({', '.join(changed) or 'their format'} differ): add {flag} to replace it, or "
