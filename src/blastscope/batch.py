@@ -69,7 +69,12 @@ from blastscope.slide import (
     slide_stem,
 )
 from blastscope.slide_call import SlideCall
-from blastscope.wholeslide import DEFAULT_TILE_PX, whole_slide_steps, write_cohort_cells
+from blastscope.wholeslide import (
+    DEFAULT_TILE_PX,
+    WholeSlideOutcome,
+    whole_slide_steps,
+    write_cohort_cells,
+)
 
 IMAGE_SUFFIXES = (
     ".tif",
@@ -637,16 +642,12 @@ def slide_steps(
     slide_call = None
     if classes is not None:
         slide_call = config.slide_call.call(tables, classes)
-    cells = pd.concat(tables, ignore_index=True)
-    field_names = [item["name"] for item in fields]
-    write_cohort_cells(
-        out_dir,
-        slide.slide_id,
-        pd.concat(
-            [table.assign(field=name) for table, name in zip(tables, field_names, strict=True)],
-            ignore_index=True,
-        ),
+    names = [item["name"] for item in fields]
+    cells = pd.concat(
+        [table.assign(field=name) for table, name in zip(tables, names, strict=True)],
+        ignore_index=True,
     )
+    write_cohort_cells(out_dir, slide.slide_id, cells)
     counts = {
         "cells": len(cells),
         "nucleated": int(cells["is_nucleated"].sum()) if len(cells) else 0,
@@ -920,6 +921,12 @@ def _whole_slide_outcome(
         geojson_shapes=geojson_shapes,
         flag=flag,
     )
+    return whole_slide_outcome(slide, whole)
+
+
+def whole_slide_outcome(slide: Slide, whole: WholeSlideOutcome) -> SlideOutcome:
+    """A finished whole slide as a batch's (and ``run --json``'s) outcome: its call, counts,
+    files and a note of its tiles and area."""
     notes = [f"whole slide: {whole.tiles_text()}; {whole.area_mm2:.2f} mm² analysed"]
     outputs = sorted(path for path in whole.folder.iterdir() if path.is_file())
     return SlideOutcome(slide, "done", whole.slide_call, whole.counts, outputs, notes=notes)

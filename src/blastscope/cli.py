@@ -576,14 +576,11 @@ def _run_tiled(args: argparse.Namespace) -> int:
         )
         outcome = run_steps(steps, progress_bars())
     if args.json:  # the summary batch and field runs print, one slide
-        from blastscope.batch import Slide, SlideOutcome
+        from blastscope.batch import Slide, whole_slide_outcome
         from blastscope.slide import slide_stem
 
-        notes = [outcome.tiles_text(), f"{outcome.area_mm2:.2f} mm² analysed"]
         slide = Slide(slide_stem(args.image), (args.image,))
-        outputs = sorted(path for path in outcome.folder.iterdir() if path.is_file())
-        done = SlideOutcome(slide, "done", outcome.slide_call, outcome.counts, outputs, notes=notes)
-        return _report([done], args)
+        return _report([whole_slide_outcome(slide, outcome)], args)
     counts = outcome.counts
     print(
         f"{args.image.name}: {counts['cells']} cells, {counts['nucleated']} nucleated, "

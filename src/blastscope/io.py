@@ -279,7 +279,13 @@ def read_field(
     else:
         pixel_size_um = file_pixel_size
     if region is not None:  # the part of it on the slide
-        region = type(region)(region.x, region.y, image.shape[1], image.shape[0])
+        read = type(region)(region.x, region.y, image.shape[1], image.shape[0])
+        if read != region:
+            notices.append(
+                f"The region runs past the slide's edge: only {read.as_text()} of it was read "
+                "and analysed."
+            )
+        region = read
     return Field(image, pixel_size_um, path, image_sha256(path), notices, region)
 
 
@@ -306,12 +312,6 @@ def _whole_slide_field(path: Path, region: Any) -> tuple[np.ndarray, float | Non
                 f"Region {region.as_text()} (x,y,width,height, level-0 pixels) of "
                 f"{path.name} ({slide.shape[1]} x {slide.shape[0]} pixels).",
             ]
-            if pixels.shape[:2] != (region.height, region.width):
-                read = type(region)(region.x, region.y, pixels.shape[1], pixels.shape[0])
-                notices.append(
-                    f"The region runs past the slide's edge: only {read.as_text()} of it was "
-                    "read and analysed."
-                )
             return pixels, slide.pixel_size_um, notices
     except SlideError as error:
         raise ImageInputError(str(error)) from error

@@ -93,7 +93,7 @@ class WholeSlideOutcome:
     tiles_reused: int
     folder: Path
     tiles_discarded: int = 0
-    """Tiles an earlier run in the folder had finished with other settings (redone)."""
+    """Tiles an earlier run in the folder had finished with other settings (discarded)."""
 
     def tiles_text(self) -> str:
         """The tiles in words (the CLI's line, a batch's notes)."""
